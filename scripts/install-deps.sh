@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages transmla needs that are missing (uses sudo when not root).
+set -euo pipefail
+pkgs=(cmake g++ make libeigen3-dev libxsimd-dev doctest-dev libbenchmark-dev nlohmann-json3-dev python3 python3-pip)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# python3/pip may come from elsewhere (pyenv): accept any working interpreter.
+if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+    missing=("${missing[@]/python3}"); missing=("${missing[@]/python3-pip}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "install-deps: all Debian packages present"
+fi
