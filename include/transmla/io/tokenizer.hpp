@@ -1,0 +1,426 @@
+// transmla/io/tokenizer.hpp — byte-level BPE tokenizer (GPT-2 family) built from the vocabulary in
+// a GGUF file (tokenizer.ggml.model == "gpt2").
+//
+// Encoding: (1) special tokens are cut out of the text (user-defined tokens always; control tokens
+// such as <|im_start|> only when parse_special is true); (2) each remaining fragment is split by the
+// model's pre-tokenizer; (3) each piece's bytes are mapped to printable code points (GPT-2's
+// byte↔unicode table, so a space becomes 'Ġ'), and (4) adjacent symbols are merged in the order of
+// tokenizer.ggml.merges (lowest rank first, leftmost first among equals) until no rule applies; the
+// final symbols are looked up in tokenizer.ggml.tokens.
+//
+// Pre-tokenizers (tokenizer.ggml.pre):
+//   "gpt2" (and "default"):  's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//   "smollm", "starcoder", "refact", "codeshell", "exaone", "minerva", "command-r":
+//       every \p{N} code point is first isolated on its own (Hugging Face Digits(individual_digits)),
+//       then the GPT-2 rule runs on each resulting piece separately (end of piece = end of text for
+//       the (?!\S) look-ahead).
+// The splitting is written by hand (no std::regex); \p{L}/\p{N} come from generated Unicode tables.
+#pragma once
+
+#include "transmla/error.hpp"
+#include "transmla/io/gguf.hpp"
+#include "transmla/io/unicode.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <queue>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace transmla::io {
+
+/// llama.cpp token types (tokenizer.ggml.token_type).
+enum class TokenType : std::int32_t {
+    undefined = 0,
+    normal = 1,
+    unknown = 2,
+    control = 3,
+    user_defined = 4,
+    unused = 5,
+    byte = 6,
+};
+
+/// Which pre-tokenizer splits text before BPE.
+enum class PreTokenizer {
+    gpt2,         ///< the GPT-2 regex
+    digits_gpt2,  ///< individual digits, then the GPT-2 regex ("smollm", "starcoder", ...)
+};
+
+/// Maps a GGUF tokenizer.ggml.pre value to a PreTokenizer; throws listing the supported values.
+inline PreTokenizer pre_tokenizer_from_name(std::string_view pre) {
+    if (pre == "gpt2" || pre == "default") return PreTokenizer::gpt2;
+    if (pre == "smollm" || pre == "starcoder" || pre == "refact" || pre == "codeshell" || pre == "exaone" ||
+        pre == "minerva" || pre == "command-r")
+        return PreTokenizer::digits_gpt2;
+    fail("tokenizer: unsupported pre-tokenizer '", pre,
+         "'; supported: gpt2, default, smollm, starcoder, refact, codeshell, exaone, minerva, command-r");
+}
+
+/// Everything a Tokenizer is built from (what the GGUF holds).
+struct TokenizerConfig {
+    std::vector<std::string> tokens;        ///< id → token text (byte-level form for normal tokens)
+    std::vector<std::string> merges;        ///< "left right", highest priority first
+    std::vector<std::int32_t> token_types;  ///< id → TokenType; empty = all normal
+    PreTokenizer pre = PreTokenizer::gpt2;
+    std::int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;  ///< -1: none
+    bool add_bos = false;  ///< prepend BOS when encode(..., add_special = true)
+    bool add_eos = false;  ///< append EOS when encode(..., add_special = true)
+};
+
+class Tokenizer {
+public:
+    explicit Tokenizer(TokenizerConfig cfg);
+
+    /// Builds the tokenizer from a GGUF's tokenizer.ggml.* metadata (model must be "gpt2").
+    static Tokenizer from_gguf(const GgufFile& f);
+
+    /// Token ids of `text`. add_special: add BOS/EOS as the model asks (add_bos / add_eos);
+    /// parse_special: control tokens written in the text (e.g. "<|im_end|>") become their ids
+    /// instead of being tokenized as plain text.
+    std::vector<std::int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = false) const;
+
+    /// The bytes the ids stand for, concatenated. Control tokens are written as their text unless
+    /// skip_special. The result may end in an incomplete UTF-8 sequence if the ids do.
+    std::string decode(std::span<const std::int32_t> ids, bool skip_special = false) const;
+    std::string decode(const std::vector<std::int32_t>& ids, bool skip_special = false) const {
+        return decode(std::span<const std::int32_t>(ids), skip_special);
+    }
+    /// The bytes one token stands for (its text for control / user-defined tokens).
+    std::string token_to_piece(std::int32_t id) const;
+
+    /// The pieces the pre-tokenizer cuts `text` into (before BPE), for inspection and tests.
+    std::vector<std::string> pre_tokenize(std::string_view text) const;
+
+    std::int32_t vocab_size() const noexcept { return std::int32_t(cfg_.tokens.size()); }
+    const std::string& token_text(std::int32_t id) const { return cfg_.tokens[check_id(id)]; }
+    TokenType token_type(std::int32_t id) const {
+        check_id(id);
+        return cfg_.token_types.empty() ? TokenType::normal : TokenType(cfg_.token_types[std::size_t(id)]);
+    }
+    /// Id of a token given in its stored text form, if present.
+    std::optional<std::int32_t> token_id(std::string_view text) const {
+        const auto it = vocab_.find(std::string(text));
+        if (it == vocab_.end()) return std::nullopt;
+        return it->second;
+    }
+    std::int32_t bos_id() const noexcept { return cfg_.bos_id; }
+    std::int32_t eos_id() const noexcept { return cfg_.eos_id; }
+    std::int32_t unk_id() const noexcept { return cfg_.unk_id; }
+    std::int32_t pad_id() const noexcept { return cfg_.pad_id; }
+    PreTokenizer pre_tokenizer() const noexcept { return cfg_.pre; }
+    std::size_t n_merges() const noexcept { return ranks_.size(); }
+
+private:
+    std::size_t check_id(std::int32_t id) const {
+        require(id >= 0 && id < vocab_size(), "tokenizer: token id ", id, " out of range [0, ", vocab_size(), ")");
+        return std::size_t(id);
+    }
+    void split_gpt2(const std::vector<CodePoint>& cps, std::size_t b, std::size_t e, std::string_view text,
+                    std::vector<std::string_view>& out) const;
+    void pre_split(std::string_view text, std::vector<std::string_view>& out) const;
+    void bpe(std::string_view piece, std::vector<std::int32_t>& out) const;
+    void encode_fragment(std::string_view text, std::vector<std::int32_t>& out) const;
+
+    TokenizerConfig cfg_;
+    std::unordered_map<std::string, std::int32_t> vocab_;
+    std::unordered_map<std::string, std::int32_t> ranks_;  ///< "left right" → rank
+    std::array<std::string, 256> byte_to_char_;            ///< UTF-8 of the code point for each byte
+    std::unordered_map<std::uint32_t, std::uint8_t> char_to_byte_;
+    std::vector<std::int32_t> specials_;  ///< control + user-defined ids, longest text first
+};
+
+// ------------------------------------------------------------------------------------------------
+// Implementation
+// ------------------------------------------------------------------------------------------------
+
+namespace detail {
+/// GPT-2's reversible byte → code point map: printable Latin-1 bytes map to themselves, the other
+/// 68 bytes (controls, space, DEL, NBSP, soft hyphen...) to U+0100 + k in byte order.
+inline std::array<std::uint32_t, 256> gpt2_byte_to_cp() {
+    std::array<std::uint32_t, 256> m{};
+    std::uint32_t next = 256;
+    for (std::uint32_t b = 0; b < 256; ++b) {
+        const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        m[b] = printable ? b : next++;
+    }
+    return m;
+}
+}  // namespace detail
+
+inline Tokenizer::Tokenizer(TokenizerConfig cfg) : cfg_(std::move(cfg)) {
+    const std::size_t n = cfg_.tokens.size();
+    require(n > 0 && n < std::size_t(1) << 31, "tokenizer: vocabulary size ", n, " out of range");
+    require(cfg_.token_types.empty() || cfg_.token_types.size() == n, "tokenizer: ", cfg_.token_types.size(),
+            " token types for ", n, " tokens");
+    for (std::int32_t* id : {&cfg_.bos_id, &cfg_.eos_id, &cfg_.unk_id, &cfg_.pad_id})
+        require(*id >= -1 && *id < std::int32_t(n), "tokenizer: special token id ", *id, " out of range [0, ", n, ")");
+    require(!cfg_.add_bos || cfg_.bos_id >= 0, "tokenizer: add_bos is set but there is no BOS token");
+    require(!cfg_.add_eos || cfg_.eos_id >= 0, "tokenizer: add_eos is set but there is no EOS token");
+    vocab_.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) vocab_.emplace(cfg_.tokens[i], std::int32_t(i));  // first wins
+    ranks_.reserve(cfg_.merges.size());
+    for (std::size_t i = 0; i < cfg_.merges.size(); ++i) {
+        const std::string& m = cfg_.merges[i];
+        const std::size_t sp = m.find(' ', 1);
+        require(sp != std::string::npos && sp + 1 < m.size(), "tokenizer: merge ", i, " ('", m,
+                "') is not of the form 'left right'");
+        ranks_.emplace(m, std::int32_t(i));
+    }
+    const auto map = detail::gpt2_byte_to_cp();
+    for (std::uint32_t b = 0; b < 256; ++b) {
+        utf8_append(byte_to_char_[b], map[b]);
+        char_to_byte_.emplace(map[b], std::uint8_t(b));
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto t = cfg_.token_types.empty() ? TokenType::normal : TokenType(cfg_.token_types[i]);
+        if ((t == TokenType::control || t == TokenType::user_defined) && !cfg_.tokens[i].empty())
+            specials_.push_back(std::int32_t(i));
+    }
+    std::stable_sort(specials_.begin(), specials_.end(), [&](std::int32_t a, std::int32_t b) {
+        return cfg_.tokens[std::size_t(a)].size() > cfg_.tokens[std::size_t(b)].size();
+    });
+}
+
+inline Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
+    const std::string model = f.meta_string("tokenizer.ggml.model");
+    if (model != "gpt2")
+        fail("GGUF '", f.path(), "': tokenizer.ggml.model is '", model,
+             "'; only byte-level BPE ('gpt2') tokenizers are supported");
+    TokenizerConfig c;
+    c.tokens = f.meta_strings("tokenizer.ggml.tokens");
+    c.merges = f.meta_strings("tokenizer.ggml.merges");
+    if (f.has("tokenizer.ggml.token_type")) c.token_types = f.meta_i32s("tokenizer.ggml.token_type");
+    try {
+        c.pre = pre_tokenizer_from_name(f.meta_string_or("tokenizer.ggml.pre", "default"));
+    } catch (const error& e) {
+        fail("GGUF '", f.path(), "': ", e.what());
+    }
+    c.bos_id = std::int32_t(f.meta_int_or("tokenizer.ggml.bos_token_id", -1));
+    c.eos_id = std::int32_t(f.meta_int_or("tokenizer.ggml.eos_token_id", -1));
+    c.unk_id = std::int32_t(f.meta_int_or("tokenizer.ggml.unknown_token_id", -1));
+    c.pad_id = std::int32_t(f.meta_int_or("tokenizer.ggml.padding_token_id", -1));
+    c.add_bos = f.meta_bool_or("tokenizer.ggml.add_bos_token", false);
+    c.add_eos = f.meta_bool_or("tokenizer.ggml.add_eos_token", false);
+    try {
+        return Tokenizer(std::move(c));
+    } catch (const error& e) {
+        fail("GGUF '", f.path(), "': ", e.what());
+    }
+}
+
+inline void Tokenizer::split_gpt2(const std::vector<CodePoint>& cps, std::size_t b, std::size_t e,
+                                  std::string_view text, std::vector<std::string_view>& out) const {
+    // classes: 'L' letter, 'N' number, 'S' whitespace, 'O' anything else (invalid bytes included)
+    auto cls = [&](std::size_t i) -> char {
+        const CodePoint& c = cps[i];
+        if (!c.valid) return 'O';
+        if (is_letter(c.cp)) return 'L';
+        if (is_number(c.cp)) return 'N';
+        if (is_whitespace(c.cp)) return 'S';
+        return 'O';
+    };
+    auto emit = [&](std::size_t from, std::size_t to) {
+        const std::size_t bo = cps[from].offset, eo = cps[to - 1].offset + cps[to - 1].length;
+        out.push_back(text.substr(bo, eo - bo));
+    };
+    auto is_ascii = [&](std::size_t i, char ch) { return i < e && cps[i].valid && cps[i].cp == std::uint32_t(ch); };
+    std::size_t i = b;
+    while (i < e) {
+        // 's|'t|'re|'ve|'m|'ll|'d
+        if (is_ascii(i, '\'')) {
+            if (is_ascii(i + 1, 's') || is_ascii(i + 1, 't') || is_ascii(i + 1, 'm') || is_ascii(i + 1, 'd')) {
+                emit(i, i + 2);
+                i += 2;
+                continue;
+            }
+            if ((is_ascii(i + 1, 'r') && is_ascii(i + 2, 'e')) || (is_ascii(i + 1, 'v') && is_ascii(i + 2, 'e')) ||
+                (is_ascii(i + 1, 'l') && is_ascii(i + 2, 'l'))) {
+                emit(i, i + 3);
+                i += 3;
+                continue;
+            }
+        }
+        // ' ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+'
+        const std::size_t j = is_ascii(i, ' ') ? i + 1 : i;
+        if (j < e) {
+            const char k = cls(j);
+            if (k != 'S') {
+                std::size_t end = j + 1;
+                while (end < e && cls(end) == k) ++end;
+                emit(i, end);
+                i = end;
+                continue;
+            }
+        }
+        // '\s+(?!\S)|\s+' : a whitespace run; when a non-space follows, leave its last character
+        // to start the next piece (unless the run is a single character)
+        std::size_t end = i;
+        while (end < e && cls(end) == 'S') ++end;
+        if (end < e && end - i >= 2) --end;
+        emit(i, end);
+        i = end;
+    }
+}
+
+inline void Tokenizer::pre_split(std::string_view text, std::vector<std::string_view>& out) const {
+    if (text.empty()) return;
+    const std::vector<CodePoint> cps = utf8_decode(text);
+    if (cfg_.pre == PreTokenizer::gpt2) {
+        split_gpt2(cps, 0, cps.size(), text, out);
+        return;
+    }
+    // digits_gpt2: isolate each \p{N}, run GPT-2 on the stretches between them
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < cps.size(); ++i) {
+        if (cps[i].valid && is_number(cps[i].cp)) {
+            split_gpt2(cps, start, i, text, out);
+            out.push_back(text.substr(cps[i].offset, cps[i].length));
+            start = i + 1;
+        }
+    }
+    split_gpt2(cps, start, cps.size(), text, out);
+}
+
+inline std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
+    std::vector<std::string_view> v;
+    pre_split(text, v);
+    return {v.begin(), v.end()};
+}
+
+inline void Tokenizer::bpe(std::string_view piece, std::vector<std::int32_t>& out) const {
+    // symbols: substrings of the byte-mapped text, kept in a doubly linked list
+    std::string mapped;
+    struct Sym {
+        std::size_t start, len;
+        int prev, next;
+    };
+    std::vector<Sym> syms;
+    syms.reserve(piece.size());
+    for (std::size_t i = 0; i < piece.size(); ++i) {
+        const std::string& c = byte_to_char_[static_cast<unsigned char>(piece[i])];
+        syms.push_back({mapped.size(), c.size(), int(i) - 1, int(i) + 1});
+        mapped += c;
+    }
+    if (syms.empty()) return;
+    syms.back().next = -1;
+
+    struct Bigram {
+        std::int32_t rank;
+        int left, right;
+        std::size_t len;  // left.len + right.len when queued: detects stale entries
+    };
+    auto worse = [](const Bigram& a, const Bigram& b) {
+        return a.rank != b.rank ? a.rank > b.rank : a.left > b.left;
+    };
+    std::priority_queue<Bigram, std::vector<Bigram>, decltype(worse)> queue(worse);
+    std::string key;
+    auto try_add = [&](int l, int r) {
+        if (l < 0 || r < 0) return;
+        key.assign(mapped, syms[std::size_t(l)].start, syms[std::size_t(l)].len);
+        key += ' ';
+        key.append(mapped, syms[std::size_t(r)].start, syms[std::size_t(r)].len);
+        const auto it = ranks_.find(key);
+        if (it != ranks_.end()) queue.push({it->second, l, r, syms[std::size_t(l)].len + syms[std::size_t(r)].len});
+    };
+    for (int i = 0; i + 1 < int(syms.size()); ++i) try_add(i, i + 1);
+    while (!queue.empty()) {
+        const Bigram bg = queue.top();
+        queue.pop();
+        Sym& l = syms[std::size_t(bg.left)];
+        Sym& r = syms[std::size_t(bg.right)];
+        if (l.len == 0 || r.len == 0 || l.next != bg.right || l.len + r.len != bg.len) continue;  // stale
+        l.len += r.len;
+        r.len = 0;
+        l.next = r.next;
+        if (r.next >= 0) syms[std::size_t(r.next)].prev = bg.left;
+        try_add(l.prev, bg.left);
+        try_add(bg.left, l.next);
+    }
+    for (int i = 0; i >= 0; i = syms[std::size_t(i)].next) {
+        const Sym& s = syms[std::size_t(i)];
+        const std::string sym = mapped.substr(s.start, s.len);
+        const auto it = vocab_.find(sym);
+        if (it != vocab_.end()) {
+            out.push_back(it->second);
+            continue;
+        }
+        // not a token: fall back to its single (byte) characters
+        for (std::size_t k = s.start; k < s.start + s.len;) {
+            std::size_t cl = 1;
+            const unsigned char c0 = static_cast<unsigned char>(mapped[k]);
+            if (c0 >= 0xF0) cl = 4;
+            else if (c0 >= 0xE0) cl = 3;
+            else if (c0 >= 0xC0) cl = 2;
+            const auto ic = vocab_.find(mapped.substr(k, cl));
+            if (ic != vocab_.end()) out.push_back(ic->second);
+            else if (cfg_.unk_id >= 0) out.push_back(cfg_.unk_id);
+            else fail("tokenizer: piece '", sym, "' has no token and the vocabulary has no unknown token");
+            k += cl;
+        }
+    }
+}
+
+inline void Tokenizer::encode_fragment(std::string_view text, std::vector<std::int32_t>& out) const {
+    std::vector<std::string_view> pieces;
+    pre_split(text, pieces);
+    for (std::string_view p : pieces) bpe(p, out);
+}
+
+inline std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+    std::vector<std::int32_t> out;
+    if (add_special && cfg_.add_bos) out.push_back(cfg_.bos_id);
+    std::size_t start = 0, i = 0;
+    while (i < text.size()) {
+        std::int32_t hit = -1;
+        for (std::int32_t id : specials_) {
+            if (!parse_special && token_type(id) == TokenType::control) continue;
+            const std::string& s = cfg_.tokens[std::size_t(id)];
+            if (text.compare(i, s.size(), s) == 0) {
+                hit = id;  // longest first
+                break;
+            }
+        }
+        if (hit < 0) {
+            ++i;
+            continue;
+        }
+        encode_fragment(text.substr(start, i - start), out);
+        out.push_back(hit);
+        i += cfg_.tokens[std::size_t(hit)].size();
+        start = i;
+    }
+    encode_fragment(text.substr(start), out);
+    if (add_special && cfg_.add_eos) out.push_back(cfg_.eos_id);
+    return out;
+}
+
+inline std::string Tokenizer::token_to_piece(std::int32_t id) const {
+    const std::string& t = token_text(id);
+    const TokenType ty = token_type(id);
+    if (ty == TokenType::control || ty == TokenType::user_defined || ty == TokenType::unknown) return t;
+    std::string out;
+    for (const CodePoint& c : utf8_decode(t)) {
+        const auto it = c.valid ? char_to_byte_.find(c.cp) : char_to_byte_.end();
+        if (it != char_to_byte_.end()) out += char(it->second);
+        else out.append(t, c.offset, c.length);  // not a byte-level character: keep it as is
+    }
+    return out;
+}
+
+inline std::string Tokenizer::decode(std::span<const std::int32_t> ids, bool skip_special) const {
+    std::string out;
+    for (std::int32_t id : ids) {
+        if (skip_special && token_type(id) == TokenType::control) continue;
+        out += token_to_piece(id);
+    }
+    return out;
+}
+
+}  // namespace transmla::io
