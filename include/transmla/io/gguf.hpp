@@ -375,9 +375,12 @@ struct GgufCursor {
     std::uint64_t size;
     std::uint64_t pos = 0;
     const std::string& path;
+    std::string context;  ///< what is being read ("metadata key 'x'"), prefixed to messages
 
     [[noreturn]] void bad(const std::string& what) const {
-        fail("GGUF '", path, "': ", what, " at offset ", pos, " (file size ", size, ")");
+        if (context.empty() || what.find(context) != std::string::npos)
+            fail("GGUF '", path, "': ", what, " at offset ", pos, " (file size ", size, ")");
+        fail("GGUF '", path, "': ", context, ": ", what, " at offset ", pos, " (file size ", size, ")");
     }
     void need(std::uint64_t n, const char* what) const {
         if (n > size - pos) bad(::transmla::detail::concat("truncated file: ", what, " needs ", n, " bytes, ", size - pos, " left"));
@@ -457,7 +460,7 @@ inline GgufValue gguf_read_value(GgufCursor& c, GgufType t, const std::string& k
 }  // namespace detail
 
 inline GgufFile::GgufFile(const std::string& path) : file_(path) {
-    detail::GgufCursor c{reinterpret_cast<const std::uint8_t*>(file_.data()), file_.size(), 0, file_.path()};
+    detail::GgufCursor c{reinterpret_cast<const std::uint8_t*>(file_.data()), file_.size(), 0, file_.path(), {}};
     c.need(4, "magic");
     if (std::memcmp(c.base, "GGUF", 4) != 0) c.bad("not a GGUF file (bad magic; expected \"GGUF\")");
     c.pos = 4;
@@ -477,7 +480,9 @@ inline GgufFile::GgufFile(const std::string& path) : file_(path) {
     kv_.reserve(std::size_t(n_kv));
     for (std::uint64_t i = 0; i < n_kv; ++i) {
         const std::uint64_t at = c.pos;
+        c.context = ::transmla::detail::concat("metadata entry ", i);
         std::string key = c.read_string("metadata key");
+        c.context = ::transmla::detail::concat("metadata key '", key, "'");
         const std::uint32_t t = c.read<std::uint32_t>("metadata value type");
         if (t > std::uint32_t(GgufType::FLOAT64)) {
             c.pos -= 4;
@@ -504,7 +509,9 @@ inline GgufFile::GgufFile(const std::string& path) : file_(path) {
     for (std::uint64_t i = 0; i < n_tensors; ++i) {
         GgufTensorInfo t;
         t.info_offset = c.pos;
+        c.context = ::transmla::detail::concat("tensor info ", i);
         t.name = c.read_string("tensor name");
+        c.context = ::transmla::detail::concat("tensor '", t.name, "'");
         const std::uint64_t at_dims = c.pos;
         const std::uint32_t nd = c.read<std::uint32_t>("tensor n_dims");
         if (nd < 1 || nd > 4) {
@@ -554,6 +561,7 @@ inline GgufFile::GgufFile(const std::string& path) : file_(path) {
         tensors_.push_back(std::move(t));
     }
 
+    c.context.clear();
     data_offset_ = (c.pos + alignment_ - 1) / alignment_ * alignment_;
     const std::uint64_t size = file_.size();
     if (n_tensors > 0 && data_offset_ > size)
