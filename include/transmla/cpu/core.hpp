@@ -1,0 +1,276 @@
+// transmla/cpu/core.hpp — the attention kernel (see kernel_abi.hpp for its contract), written once
+// against the SIMD layer and compiled per instruction set.
+//
+// Structure of one job (rows = all query rows that share the KV source: the g query heads of a KV
+// group × the query tokens for GQA, all heads × tokens for MLA):
+//   for each tile of `tile` keys:
+//     K tile → f32 scratch (converted once, zero-padded to a multiple of the SIMD width);
+//     S = Q·Kᵀ by a register-blocked micro-kernel: R rows × (W/R) keys, W accumulators reduced by
+//       one transposing horizontal add, every K vector loaded once per R rows;
+//     online softmax on S (base 2), P = exp2(S − m);
+//     V tile → f32 scratch (skipped for MLA: V is the first dv columns of the K tile);
+//     O = α·O + P·V by a micro-kernel with R rows × C vectors of accumulators in registers.
+// Row blocks whose rows all end before the tile (causal prefill) skip the tile.
+//
+// The namespace is set by TRANSMLA_CPU_KERNEL_NS so that every ISA's translation unit has its own
+// copy of every non-template helper (one binary, several ISAs, no ODR clash).
+#pragma once
+
+#include "transmla/cpu/kernel_abi.hpp"
+#include "transmla/cpu/simd.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#ifndef TRANSMLA_CPU_KERNEL_NS
+#define TRANSMLA_CPU_KERNEL_NS k_native
+#endif
+
+namespace transmla::cpu::detail::TRANSMLA_CPU_KERNEL_NS {
+
+using simd::vf;
+using simd::width;
+
+template <class A, int R>
+inline void qk_rows(const float* q, std::int64_t qs, const float* K, std::int64_t ks, int dkp, int tile, float* S,
+                    std::int64_t ss) {
+    constexpr int W = width<A>;
+    constexpr int NT = W / R;
+    for (int j0 = 0; j0 < tile; j0 += NT) {
+        vf<A> acc[W];
+        for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
+        const float* kp = K + std::int64_t(j0) * ks;
+        for (int c = 0; c < dkp; c += W) {
+            vf<A> kv[NT];
+            for (int n = 0; n < NT; ++n) kv[n] = vf<A>::load_unaligned(kp + n * ks + c);
+            for (int r = 0; r < R; ++r) {
+                const vf<A> qv = vf<A>::load_unaligned(q + r * qs + c);
+                for (int n = 0; n < NT; ++n) acc[r * NT + n] = simd::fmadd<A>(qv, kv[n], acc[r * NT + n]);
+            }
+        }
+        alignas(64) float sums[W];
+        simd::hsum_rows<A>(acc).store_aligned(sums);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < NT; ++n) S[r * ss + j0 + n] = sums[r * NT + n];
+    }
+}
+
+/// Same with a compile-time padded key width (unrolled chunk loop).
+template <class A, int R, int DKP>
+inline void qk_rows_fixed(const float* q, std::int64_t qs, const float* K, int tile, float* S, std::int64_t ss) {
+    constexpr int W = width<A>;
+    constexpr int NT = W / R;
+    for (int j0 = 0; j0 < tile; j0 += NT) {
+        vf<A> acc[W];
+        for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
+        const float* kp = K + std::int64_t(j0) * DKP;
+#pragma GCC unroll 4
+        for (int c = 0; c < DKP; c += W) {
+            vf<A> kv[NT];
+            for (int n = 0; n < NT; ++n) kv[n] = vf<A>::load_unaligned(kp + n * DKP + c);
+            for (int r = 0; r < R; ++r) {
+                const vf<A> qv = vf<A>::load_unaligned(q + r * qs + c);
+                for (int n = 0; n < NT; ++n) acc[r * NT + n] = simd::fmadd<A>(qv, kv[n], acc[r * NT + n]);
+            }
+        }
+        alignas(64) float sums[W];
+        simd::hsum_rows<A>(acc).store_aligned(sums);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < NT; ++n) S[r * ss + j0 + n] = sums[r * NT + n];
+    }
+}
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+/// QK with the AVX-512-BF16 pair dot product: q and K tiles in bf16, padded to 32 elements.
+template <class A, int R>
+inline void qk_rows_bf16(const bfloat16* q, std::int64_t qs, const bfloat16* K, std::int64_t ks, int dkp, int tile,
+                         float* S, std::int64_t ss) {
+    constexpr int W = width<A>;
+    constexpr int NT = W / R;
+    for (int j0 = 0; j0 < tile; j0 += NT) {
+        vf<A> acc[W];
+        for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
+        const bfloat16* kp = K + std::int64_t(j0) * ks;
+        for (int c = 0; c < dkp; c += 2 * W)
+            for (int r = 0; r < R; ++r)
+                for (int n = 0; n < NT; ++n)
+                    acc[r * NT + n] = simd::dot_bf16<A>(acc[r * NT + n], q + r * qs + c, kp + n * ks + c);
+        alignas(64) float sums[W];
+        simd::hsum_rows<A>(acc).store_aligned(sums);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < NT; ++n) S[r * ss + j0 + n] = sums[r * NT + n];
+    }
+}
+#endif
+
+/// O[r][c0 .. c0 + C·W) = α_r·O + Σ_j P[r][j]·V[j][...] for R rows.
+template <class A, int R, int C>
+inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, int tile,
+                    float* O, std::int64_t os, int c0) {
+    constexpr int W = width<A>;
+    vf<A> acc[R][C];
+    for (int r = 0; r < R; ++r) {
+        const vf<A> a(alpha[r]);
+        for (int c = 0; c < C; ++c) acc[r][c] = vf<A>::load_unaligned(O + r * os + c0 + c * W) * a;
+    }
+    for (int j = 0; j < tile; ++j) {
+        vf<A> vv[C];
+        for (int c = 0; c < C; ++c) vv[c] = vf<A>::load_unaligned(V + std::int64_t(j) * vs + c0 + c * W);
+        for (int r = 0; r < R; ++r) {
+            const vf<A> p(P[r * ps + j]);
+            for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c].store_unaligned(O + r * os + c0 + c * W);
+}
+
+template <class A, int R>
+inline void pv_block(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, int tile,
+                     float* O, std::int64_t os, int dvp) {
+    constexpr int W = width<A>;
+    constexpr int C = (W == 16 ? 24 : 12) / R;  // accumulators in registers: 12 of 16 (AVX2), 24 of 32 (AVX-512)
+    int c0 = 0;
+    for (; c0 + C * W <= dvp; c0 += C * W) pv_rows<A, R, C>(P, ps, alpha, V, vs, tile, O, os, c0);
+    for (; c0 < dvp; c0 += W) pv_rows<A, R, 1>(P, ps, alpha, V, vs, tile, O, os, c0);
+}
+
+/// The kernel of kernel_abi.hpp. DK, DV: compile-time key/value widths or 0 (run time).
+template <class A, class T, int DK, int DV>
+void attend(const KvSource<T>& src, const AttendJob& job) {
+    constexpr int W = width<A>;
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    const int dk = DK > 0 ? DK : src.dk;
+    const int dv = DV > 0 ? DV : src.dv;
+    const int dkp = int(round_up(dk, W));
+    const int dvp = int(round_up(dv, W));
+    const bool v_is_k = src.v == src.k;
+    const int tile = job.tile;
+    const int nr = job.n_rows;
+
+    float* Kb = job.scratch;
+    float* Vb = v_is_k ? Kb : Kb + std::int64_t(tile) * dkp;
+    const std::int64_t vs = v_is_k ? dkp : dvp;
+    float* S = Vb + (v_is_k ? 0 : std::int64_t(tile) * dvp);
+    float* alpha = S + std::int64_t(nr) * tile;
+    float* tail = alpha + round_up(nr, 16);
+
+    constexpr bool use_bf16_dot = std::is_same_v<T, bfloat16> && simd::has_bf16_dot<A>;
+    [[maybe_unused]] const int dkp2 = int(round_up(dk, 2 * W));
+    [[maybe_unused]] bfloat16* Kh = reinterpret_cast<bfloat16*>(tail);
+    [[maybe_unused]] bfloat16* Qh = Kh + std::int64_t(tile) * dkp2;
+    if constexpr (use_bf16_dot) {
+        std::memset(static_cast<void*>(Kh), 0, sizeof(bfloat16) * std::size_t(tile) * dkp2);
+        std::memset(static_cast<void*>(Qh), 0, sizeof(bfloat16) * std::size_t(nr) * dkp2);
+        for (int r = 0; r < nr; ++r) simd::store_row<A>(Qh + std::int64_t(r) * dkp2, job.q + r * job.q_stride, dk);
+    }
+
+    std::int64_t kend = job.kb;
+    for (int r = 0; r < nr; ++r) {
+        job.m[r] = ninf;
+        job.l[r] = 0.f;
+        for (int c = 0; c < dvp; ++c) job.o[r * job.o_stride + c] = 0.f;
+        kend = job.row_end[r] > kend ? job.row_end[r] : kend;
+    }
+    if (kend > job.ke) kend = job.ke;
+    // Zero the K/V scratch once: padding columns and rows past the last key stay zero (finite).
+    std::memset(static_cast<void*>(Kb), 0, sizeof(float) * std::size_t(tile) * dkp);
+    if (!v_is_k) std::memset(static_cast<void*>(Vb), 0, sizeof(float) * std::size_t(tile) * dvp);
+
+    for (std::int64_t t0 = job.kb; t0 < kend; t0 += tile) {
+        const int n = int(kend - t0 < tile ? kend - t0 : tile);
+        for (int j = 0; j < n; ++j) {
+            const std::int64_t off = src.map.token_offset(t0 + j, src.token_stride);
+            if constexpr (use_bf16_dot) std::memcpy(static_cast<void*>(Kh + std::int64_t(j) * dkp2), src.k + off, 2 * std::size_t(dk));
+            simd::convert_row<A>(Kb + std::int64_t(j) * dkp, src.k + off, dk);
+            if (!v_is_k) {
+                const std::int64_t voff =
+                    src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
+                simd::convert_row<A>(Vb + std::int64_t(j) * dvp, src.v + voff, dv);
+            }
+        }
+        if (n < tile) {
+            std::memset(static_cast<void*>(Kb + std::int64_t(n) * dkp), 0, sizeof(float) * std::size_t(tile - n) * dkp);
+            if (!v_is_k) std::memset(static_cast<void*>(Vb + std::int64_t(n) * dvp), 0, sizeof(float) * std::size_t(tile - n) * dvp);
+            if constexpr (use_bf16_dot)
+                std::memset(static_cast<void*>(Kh + std::int64_t(n) * dkp2), 0, sizeof(bfloat16) * std::size_t(tile - n) * dkp2);
+        }
+
+        for (int r0 = 0; r0 < nr;) {
+            const int R = nr - r0 >= 4 ? 4 : (nr - r0 >= 2 ? 2 : 1);
+            std::int64_t blk_end = job.row_end[r0];
+            for (int r = 1; r < R; ++r) blk_end = job.row_end[r0 + r] > blk_end ? job.row_end[r0 + r] : blk_end;
+            if (blk_end <= t0) {  // every row of the block ends before this tile
+                r0 += R;
+                continue;
+            }
+            const float* q = job.q + r0 * job.q_stride;
+            float* Sr = S + std::int64_t(r0) * tile;
+            // ---- S = Q Kᵀ
+            if constexpr (use_bf16_dot) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+                const bfloat16* qh = Qh + std::int64_t(r0) * dkp2;
+                if (R == 4) qk_rows_bf16<A, 4>(qh, dkp2, Kh, dkp2, dkp2, tile, Sr, tile);
+                else if (R == 2) qk_rows_bf16<A, 2>(qh, dkp2, Kh, dkp2, dkp2, tile, Sr, tile);
+                else qk_rows_bf16<A, 1>(qh, dkp2, Kh, dkp2, dkp2, tile, Sr, tile);
+#endif
+            } else if constexpr (DK > 0) {
+                constexpr int DKP = int((DK + W - 1) / W * W);
+                if (R == 4) qk_rows_fixed<A, 4, DKP>(q, job.q_stride, Kb, tile, Sr, tile);
+                else if (R == 2) qk_rows_fixed<A, 2, DKP>(q, job.q_stride, Kb, tile, Sr, tile);
+                else qk_rows_fixed<A, 1, DKP>(q, job.q_stride, Kb, tile, Sr, tile);
+            } else {
+                if (R == 4) qk_rows<A, 4>(q, job.q_stride, Kb, dkp, dkp, tile, Sr, tile);
+                else if (R == 2) qk_rows<A, 2>(q, job.q_stride, Kb, dkp, dkp, tile, Sr, tile);
+                else qk_rows<A, 1>(q, job.q_stride, Kb, dkp, dkp, tile, Sr, tile);
+            }
+            // ---- online softmax
+            for (int r = r0; r < r0 + R; ++r) {
+                float* s = S + std::int64_t(r) * tile;
+                std::int64_t lim = job.row_end[r] - t0;
+                lim = lim < 0 ? 0 : (lim > n ? n : lim);
+                for (std::int64_t j = lim; j < tile; ++j) s[j] = ninf;
+                vf<A> mx(ninf);
+                for (int j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
+                const float tmax = simd::hmax<A>(mx);
+                const float mnew = tmax > job.m[r] ? tmax : job.m[r];
+                if (mnew == ninf) {
+                    alpha[r - r0] = 1.f;
+                    for (int j = 0; j < tile; ++j) s[j] = 0.f;
+                    continue;
+                }
+                const float a = std::exp2(job.m[r] - mnew);
+                const vf<A> mv(mnew);
+                vf<A> sum(0.f);
+                for (int j = 0; j < tile; j += W) {
+                    const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
+                    p.store_unaligned(s + j);
+                    sum += p;
+                }
+                job.l[r] = job.l[r] * a + simd::hsum<A>(sum);
+                job.m[r] = mnew;
+                alpha[r - r0] = a;
+            }
+            // ---- O = α O + P V
+            float* O = job.o + r0 * job.o_stride;
+            if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vb, vs, tile, O, job.o_stride, dvp);
+            else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vb, vs, tile, O, job.o_stride, dvp);
+            else pv_block<A, 1>(Sr, tile, alpha, Vb, vs, tile, O, job.o_stride, dvp);
+            r0 += R;
+        }
+    }
+}
+
+/// Entry with the static-width dispatch: (64, 64), (128, 128), (576, 512), else run-time widths.
+template <class A, class T>
+void attend_any(const KvSource<T>& src, const AttendJob& job) {
+    if (src.dk == 128 && src.dv == 128) attend<A, T, 128, 128>(src, job);
+    else if (src.dk == 64 && src.dv == 64) attend<A, T, 64, 64>(src, job);
+    else if (src.dk == 576 && src.dv == 512) attend<A, T, 576, 512>(src, job);
+    else attend<A, T, 0, 0>(src, job);
+}
+
+}  // namespace transmla::cpu::detail::TRANSMLA_CPU_KERNEL_NS

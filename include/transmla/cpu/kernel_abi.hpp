@@ -1,0 +1,71 @@
+// transmla/cpu/kernel_abi.hpp — the boundary between the public CPU entry points (compiled with
+// the consumer's flags) and the ISA-specific kernels (compiled once per instruction set).
+//
+// It holds plain data only: no xsimd type crosses it, so the ISA translation units and the
+// consumer's code agree on it whatever flags each is compiled with.
+//
+// The one kernel: `attend` computes, for `n_rows` query rows (f32, already multiplied by
+// scale·log2 e, zero-padded to `q_stride`), the unnormalised online-softmax state over keys
+// [kb, ke) of one KV source, row r seeing only keys j < row_end[r] (causality):
+//   m[r] = max_j s_rj (base 2), l[r] = Σ_j exp2(s_rj − m[r]), o[r] = Σ_j exp2(s_rj − m[r])·v_j.
+// GQA decode, GQA prefill, MLA absorbed decode/prefill and the naive MLA prefill all reduce to it.
+#pragma once
+
+#include "transmla/kv_cache.hpp"
+
+#include <cstdint>
+
+namespace transmla::cpu {
+
+/// Instruction-set levels of the CPU kernels, lowest to highest. `native` is the architecture the
+/// including translation unit is compiled for (used when run-time dispatch is not enabled).
+enum class Isa : int { native = 0, sse2 = 1, avx2 = 2, avx512 = 3, avx512bf16 = 4, best = 100 };
+
+namespace detail {
+
+/// Token-major rows of keys and values of one KV head (GQA) or of the latent cache (MLA: v == k,
+/// the value being the first dv columns of the key row). Token t's key row starts at
+/// `k + map.token_offset(t, token_stride)`, its value row at the same offset from `v`.
+template <class T>
+struct KvSource {
+    const T* k = nullptr;
+    const T* v = nullptr;
+    std::int64_t token_stride = 0;
+    PageMap map{};
+    std::int64_t v_token_stride = 0;
+    int dk = 0;  ///< key width
+    int dv = 0;  ///< value width (≤ dk when v == k)
+};
+
+/// One call of the attention kernel. All buffers are f32 and owned by the caller.
+struct AttendJob {
+    const float* q = nullptr;            ///< [n_rows][q_stride], zero beyond dk, pre-scaled
+    std::int64_t q_stride = 0;           ///< ≥ round_up(dk, 16)
+    int n_rows = 0;
+    const std::int64_t* row_end = nullptr;  ///< per row: keys j < row_end[r] are visible
+    std::int64_t kb = 0, ke = 0;         ///< key range of this job
+    int tile = 32;                       ///< keys per tile: a multiple of 16
+    float* o = nullptr;                  ///< [n_rows][o_stride] out: unnormalised accumulators
+    std::int64_t o_stride = 0;           ///< ≥ round_up(dv, 16)
+    float* m = nullptr;                  ///< [n_rows] out: running max (base 2), −inf if no key
+    float* l = nullptr;                  ///< [n_rows] out: softmax denominator
+    float* scratch = nullptr;            ///< scratch_floats(...) floats, 64-byte aligned
+};
+
+constexpr std::int64_t round_up(std::int64_t x, std::int64_t m) noexcept { return (x + m - 1) / m * m; }
+
+/// Floats of scratch an AttendJob needs (for any ISA).
+constexpr std::int64_t scratch_floats(int dk, int dv, bool v_is_k, int n_rows, int tile) noexcept {
+    const std::int64_t dkp = round_up(dk, 32), dvp = round_up(dv, 32);
+    return tile * dkp + (v_is_k ? 0 : tile * dvp) + std::int64_t(n_rows) * tile + round_up(n_rows, 16) +
+           tile * dkp / 2 + round_up(n_rows, 16) * dkp / 2 + 64;
+}
+
+/// Default keys per tile for a key width: about 16 KB of f32 keys, a multiple of 16.
+constexpr int default_tile(int dk) noexcept {
+    const std::int64_t t = 4096 / round_up(dk, 16) / 16 * 16;
+    return int(t < 16 ? 16 : (t > 64 ? 64 : t));
+}
+
+}  // namespace detail
+}  // namespace transmla::cpu
