@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(128)
 
     // Results: rows g and g + 8 of this lane, dims warp·DW + 8n + 2·t4 (+1).
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int r = g + 8 * half, lr = row0 + r;
+    for (int hr = 0; hr < 2; ++hr) {
+        const int r = g + 8 * hr, lr = row0 + r;
         if (lr >= rows_seq) continue;
         const float l = l_s[r];
         const float inv = l > 0.f ? 1.f / l : 0.f;
@@ -184,12 +184,12 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
             for (int n = 0; n < NT; ++n)
                 *reinterpret_cast<std::uint32_t*>(o + n * 8) =
-                    pack2<T>(acc[n][2 * half] * inv, acc[n][2 * half + 1] * inv);
+                    pack2<T>(acc[n][2 * hr] * inv, acc[n][2 * hr + 1] * inv);
         } else {
             float* o = part_o + (flat * splits + split) * R + warp * DW + 2 * t4;
 #pragma unroll
             for (int n = 0; n < NT; ++n)
-                *reinterpret_cast<float2*>(o + n * 8) = make_float2(acc[n][2 * half] * inv, acc[n][2 * half + 1] * inv);
+                *reinterpret_cast<float2*>(o + n * 8) = make_float2(acc[n][2 * hr] * inv, acc[n][2 * hr + 1] * inv);
         }
     }
     if (tid < M && row0 + tid < rows_seq) {
