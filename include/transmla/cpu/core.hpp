@@ -154,7 +154,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     float* Kb = job.scratch;
     float* Vb = v_is_k ? Kb : Kb + std::int64_t(tile) * dkp;
     const std::int64_t vs = v_is_k ? dkp : dvp;
-    float* S = Vb + (v_is_k ? 0 : std::int64_t(tile) * dvp);
+    float* S = Kb + std::int64_t(tile) * dkp + (v_is_k ? 0 : std::int64_t(tile) * dvp);
     float* alpha = S + std::int64_t(nr) * tile;
     float* tail = alpha + round_up(nr, 16);
 
