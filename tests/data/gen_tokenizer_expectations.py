@@ -75,6 +75,8 @@ FIXED = [
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     "antidisestablishmentarianism pneumonoultramicroscopicsilicovolcanoconiosis",
     "GPT-2's tokenizer uses byte-level BPE; SmolLM2 isolates digits: 2025.",
+    # bytes whose character is not in the vocabulary are dropped before merging
+    "a\x04b", "!\x04!", "x\U00050000y", "\x13\x14 \x16z\x1d",
 ]
 
 POOL = (
@@ -115,14 +117,15 @@ def main():
     for text in FIXED + random_strings(300):
         ids = plain.encode(text, add_special_tokens=False).ids
         ids_special = special.encode(text, add_special_tokens=False).ids
-        assert plain.decode(ids) == text, text
+        if not any(ch in text for ch in "\x04\x13\x14\x16\x1d\U00050000"):
+            assert plain.decode(ids) == text, text
         cases.append({"text": text, "ids": ids, "ids_special": ids_special})
 
     gpl = Path("/usr/share/common-licenses/GPL-3")
     files = []
     if gpl.exists():
         data = gpl.read_bytes()
-        files.append({"path": str(gpl), "sha256": hashlib.sha256(data).hexdigest(),
+        files.append({"path": str(gpl), "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                       "ids": plain.encode(data.decode("utf-8"), add_special_tokens=False).ids})
 
     out = {

@@ -6,7 +6,10 @@
 // model's pre-tokenizer; (3) each piece's bytes are mapped to printable code points (GPT-2's
 // byte↔unicode table, so a space becomes 'Ġ'), and (4) adjacent symbols are merged in the order of
 // tokenizer.ggml.merges (lowest rank first, leftmost first among equals) until no rule applies; the
-// final symbols are looked up in tokenizer.ggml.tokens.
+// final symbols are looked up in tokenizer.ggml.tokens. A byte whose character is not in the
+// vocabulary (SmolLM2 lacks e.g. 0x04, 0xC0, 0xF5..0xFF) is dropped before merging, as Hugging Face
+// tokenizers does for a BPE model without an unknown token; decode(encode(s)) is then s without
+// those bytes.
 //
 // Pre-tokenizers (tokenizer.ggml.pre):
 //   "gpt2" (and "default"):  's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -133,6 +136,7 @@ private:
     std::unordered_map<std::string, std::int32_t> ranks_;  ///< "left right" → rank
     std::array<std::string, 256> byte_to_char_;            ///< UTF-8 of the code point for each byte
     std::unordered_map<std::uint32_t, std::uint8_t> char_to_byte_;
+    std::array<bool, 256> byte_in_vocab_{};  ///< the byte's character is a token
     std::vector<std::int32_t> specials_;  ///< control + user-defined ids, longest text first
 };
 
@@ -177,6 +181,7 @@ inline Tokenizer::Tokenizer(TokenizerConfig cfg) : cfg_(std::move(cfg)) {
     for (std::uint32_t b = 0; b < 256; ++b) {
         utf8_append(byte_to_char_[b], map[b]);
         char_to_byte_.emplace(map[b], std::uint8_t(b));
+        byte_in_vocab_[b] = vocab_.count(byte_to_char_[b]) != 0;
     }
     for (std::size_t i = 0; i < n; ++i) {
         const auto t = cfg_.token_types.empty() ? TokenType::normal : TokenType(cfg_.token_types[i]);
@@ -303,9 +308,12 @@ inline void Tokenizer::bpe(std::string_view piece, std::vector<std::int32_t>& ou
     };
     std::vector<Sym> syms;
     syms.reserve(piece.size());
-    for (std::size_t i = 0; i < piece.size(); ++i) {
-        const std::string& c = byte_to_char_[static_cast<unsigned char>(piece[i])];
-        syms.push_back({mapped.size(), c.size(), int(i) - 1, int(i) + 1});
+    for (const char ch : piece) {
+        const auto b = static_cast<unsigned char>(ch);
+        if (!byte_in_vocab_[b]) continue;  // no token for this byte: dropped (as HF tokenizers does)
+        const std::string& c = byte_to_char_[b];
+        const int i = int(syms.size());
+        syms.push_back({mapped.size(), c.size(), i - 1, i + 1});
         mapped += c;
     }
     if (syms.empty()) return;
