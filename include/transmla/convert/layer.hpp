@@ -476,6 +476,20 @@ public:
         return out;
     }
 
+    /// diag([W | b] H [W | b]ᵀ): Σ_t y_t[j]², the squared column norms of the activations y = W x + b.
+    VectorXd project_diag(const MatrixXd& w, const VectorXd& b = VectorXd()) const {
+        std::lock_guard<std::mutex> lk(m_);
+        require(w.cols() == hidden_, "CalibrationStats::project_diag: W has ", w.cols(), " columns, expected ",
+                hidden_);
+        require(b.size() == 0 || b.size() == w.rows(), "CalibrationStats::project_diag: bias has ", b.size(),
+                " entries, expected ", w.rows());
+        MatrixXd a(w.rows(), hidden_ + 1);
+        a.leftCols(hidden_) = w;
+        if (b.size()) a.col(hidden_) = b;
+        else a.col(hidden_).setZero();
+        return (a * h_).cwiseProduct(a).rowwise().sum();
+    }
+
 private:
     int hidden_ = 0;
     MatrixXd h_;
