@@ -1,0 +1,272 @@
+// transmla/io/safetensors.hpp — safetensors checkpoints: a memory-mapped reader that returns
+// tensors as fp32, and a writer (F32, F16 or BF16 storage).
+//
+// Format: u64 (little-endian) header size N, N bytes of JSON
+//   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
+//    "__metadata__": {"key": "value", ...}}
+// then the byte buffer; data_offsets are relative to the start of that buffer, end exclusive,
+// data row-major little-endian. `__metadata__` (string → string) is kept but not interpreted.
+#pragma once
+
+#include "transmla/error.hpp"
+#include "transmla/io/mapped_file.hpp"
+#include "transmla/types.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace transmla::io {
+
+/// Element types this library reads from safetensors ("F64", "F32", "F16", "BF16", "I64", "I32",
+/// "I16", "I8", "U8", "BOOL"); integers and bools are converted to float on read.
+inline std::size_t safetensors_dtype_size(std::string_view dtype) noexcept {
+    if (dtype == "F64" || dtype == "I64") return 8;
+    if (dtype == "F32" || dtype == "I32") return 4;
+    if (dtype == "F16" || dtype == "BF16" || dtype == "I16") return 2;
+    if (dtype == "I8" || dtype == "U8" || dtype == "BOOL") return 1;
+    return 0;
+}
+
+struct SafetensorsTensorInfo {
+    std::string name;
+    std::string dtype;
+    std::vector<std::int64_t> shape;  ///< outermost first (row-major); empty for a scalar
+    std::uint64_t begin = 0, end = 0;  ///< byte range inside the data buffer
+    std::int64_t numel() const noexcept {
+        std::int64_t n = 1;
+        for (auto e : shape) n *= e;
+        return n;
+    }
+};
+
+/// A tensor read as fp32: row-major data of the given shape.
+struct SafetensorsTensor {
+    std::vector<std::int64_t> shape;
+    std::vector<float> data;
+};
+
+/// A memory-mapped .safetensors file, validated on open; errors name the file, tensor and offset.
+class SafetensorsFile {
+public:
+    explicit SafetensorsFile(const std::string& path);
+
+    SafetensorsFile(SafetensorsFile&&) noexcept = default;
+    SafetensorsFile& operator=(SafetensorsFile&&) noexcept = default;
+
+    const std::string& path() const noexcept { return file_.path(); }
+    /// Tensors in the order of their data in the file.
+    const std::vector<SafetensorsTensorInfo>& tensors() const noexcept { return tensors_; }
+    const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+    bool has(std::string_view name) const { return index_.count(std::string(name)) != 0; }
+    /// Throws naming the file and the missing tensor.
+    const SafetensorsTensorInfo& info(std::string_view name) const {
+        const auto it = index_.find(std::string(name));
+        if (it == index_.end())
+            fail("safetensors '", path(), "': tensor '", name, "' not found (the file has ", tensors_.size(),
+                 " tensors)");
+        return tensors_[it->second];
+    }
+    /// The stored bytes (inside the mapping; valid while this object lives).
+    std::span<const std::byte> raw(std::string_view name) const {
+        const auto& t = info(name);
+        return {file_.data() + data_start_ + t.begin, std::size_t(t.end - t.begin)};
+    }
+    /// The tensor converted to fp32, with its shape.
+    SafetensorsTensor tensor(std::string_view name) const {
+        const auto& t = info(name);
+        SafetensorsTensor out{t.shape, std::vector<float>(std::size_t(t.numel()))};
+        convert(t, out.data.data());
+        return out;
+    }
+    /// The tensor as fp32, checking that its shape is `expect` (message names the tensor).
+    std::vector<float> tensor(std::string_view name, const std::vector<std::int64_t>& expect) const {
+        const auto& t = info(name);
+        if (t.shape != expect)
+            fail("safetensors '", path(), "': tensor '", name, "' has shape ", shape_str(t.shape), ", expected ",
+                 shape_str(expect));
+        std::vector<float> out(std::size_t(t.numel()));
+        convert(t, out.data());
+        return out;
+    }
+
+    static std::string shape_str(const std::vector<std::int64_t>& s) {
+        std::string r = "[";
+        for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+        return r + "]";
+    }
+
+private:
+    void convert(const SafetensorsTensorInfo& t, float* dst) const {
+        const auto* p = reinterpret_cast<const std::uint8_t*>(file_.data() + data_start_ + t.begin);
+        const std::size_t n = std::size_t(t.numel());
+        auto load = [&](auto tag, std::size_t i) {
+            using T = decltype(tag);
+            T v;
+            std::memcpy(&v, p + i * sizeof(T), sizeof(T));
+            return v;
+        };
+        const std::string& d = t.dtype;
+        if (d == "F32") std::memcpy(dst, p, n * 4);
+        else if (d == "F16") for (std::size_t i = 0; i < n; ++i) dst[i] = to_float(half_from_bits(load(std::uint16_t{}, i)));
+        else if (d == "BF16") for (std::size_t i = 0; i < n; ++i) dst[i] = to_float(bf16_from_bits(load(std::uint16_t{}, i)));
+        else if (d == "F64") for (std::size_t i = 0; i < n; ++i) dst[i] = float(load(double{}, i));
+        else if (d == "I64") for (std::size_t i = 0; i < n; ++i) dst[i] = float(load(std::int64_t{}, i));
+        else if (d == "I32") for (std::size_t i = 0; i < n; ++i) dst[i] = float(load(std::int32_t{}, i));
+        else if (d == "I16") for (std::size_t i = 0; i < n; ++i) dst[i] = float(load(std::int16_t{}, i));
+        else if (d == "I8") for (std::size_t i = 0; i < n; ++i) dst[i] = float(load(std::int8_t{}, i));
+        else if (d == "U8" || d == "BOOL") for (std::size_t i = 0; i < n; ++i) dst[i] = float(p[i]);
+        else fail("safetensors '", path(), "': tensor '", t.name, "': dtype ", d, " cannot be converted");
+    }
+
+    MappedFile file_;
+    std::uint64_t data_start_ = 0;
+    std::vector<SafetensorsTensorInfo> tensors_;
+    std::unordered_map<std::string, std::size_t> index_;
+    std::map<std::string, std::string> metadata_;
+};
+
+inline SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+    const std::uint64_t size = file_.size();
+    if (size < 8) fail("safetensors '", path, "': truncated file: ", size, " bytes, the header size alone needs 8");
+    std::uint64_t n = 0;
+    std::memcpy(&n, file_.data(), 8);
+    if (n > size - 8)
+        fail("safetensors '", path, "': header size ", n, " (at offset 0) exceeds the file (", size, " bytes)");
+    data_start_ = 8 + n;
+    nlohmann::json h;
+    try {
+        h = nlohmann::json::parse(reinterpret_cast<const char*>(file_.data()) + 8,
+                                  reinterpret_cast<const char*>(file_.data()) + 8 + n);
+    } catch (const nlohmann::json::exception& e) {
+        fail("safetensors '", path, "': the JSON header (offset 8, ", n, " bytes) does not parse: ", e.what());
+    }
+    if (!h.is_object()) fail("safetensors '", path, "': the JSON header is not an object");
+    const std::uint64_t buffer = size - data_start_;
+    for (auto it = h.begin(); it != h.end(); ++it) {
+        const std::string& name = it.key();
+        const auto& v = it.value();
+        if (name == "__metadata__") {
+            if (!v.is_object()) fail("safetensors '", path, "': __metadata__ is not an object");
+            for (auto m = v.begin(); m != v.end(); ++m)
+                metadata_[m.key()] = m.value().is_string() ? m.value().get<std::string>() : m.value().dump();
+            continue;
+        }
+        auto bad = [&](const std::string& what) {
+            fail("safetensors '", path, "': tensor '", name, "': ", what);
+        };
+        if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+            bad("entry must be an object with dtype, shape and data_offsets");
+        SafetensorsTensorInfo t;
+        t.name = name;
+        if (!v["dtype"].is_string()) bad("dtype is not a string");
+        t.dtype = v["dtype"].get<std::string>();
+        const std::size_t es = safetensors_dtype_size(t.dtype);
+        if (es == 0) bad("unsupported dtype " + t.dtype + " (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
+        if (!v["shape"].is_array()) bad("shape is not an array");
+        std::uint64_t numel = 1;
+        for (const auto& e : v["shape"]) {
+            if (!e.is_number_unsigned()) bad("shape " + v["shape"].dump() + " has a non-integer or negative extent");
+            const std::uint64_t x = e.get<std::uint64_t>();
+            if (x != 0 && numel > (std::uint64_t(1) << 48) / x) bad("shape " + v["shape"].dump() + " is too large");
+            numel *= x;
+            t.shape.push_back(std::int64_t(x));
+        }
+        const auto& off = v["data_offsets"];
+        if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+            bad("data_offsets must be [begin, end] with non-negative integers");
+        t.begin = off[0].get<std::uint64_t>();
+        t.end = off[1].get<std::uint64_t>();
+        if (t.end < t.begin || t.end > buffer)
+            bad(::transmla::detail::concat("data_offsets [", t.begin, ", ", t.end, ") (file offsets [", data_start_ + t.begin,
+                                           ", ", data_start_ + t.end, ")) lie outside the data buffer of ", buffer,
+                                           " bytes; the file is truncated or corrupt"));
+        if (t.end - t.begin != numel * es)
+            bad(::transmla::detail::concat("data_offsets [", t.begin, ", ", t.end, ") hold ", t.end - t.begin,
+                                           " bytes but shape ", v["shape"].dump(), " of ", t.dtype, " needs ", numel * es));
+        tensors_.push_back(std::move(t));
+    }
+    std::sort(tensors_.begin(), tensors_.end(), [](const auto& a, const auto& b) {
+        return a.begin != b.begin ? a.begin < b.begin : a.name < b.name;
+    });
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+        if (i > 0 && tensors_[i].begin < tensors_[i - 1].end)
+            fail("safetensors '", path, "': tensors '", tensors_[i - 1].name, "' and '", tensors_[i].name,
+                 "' overlap (data offset ", tensors_[i].begin, ")");
+        index_.emplace(tensors_[i].name, i);
+    }
+}
+
+/// Builds a safetensors file in memory and writes it atomically (temporary name, then rename).
+/// Values are given as fp32 and stored as F32 (default), F16 or BF16 (round to nearest even).
+class SafetensorsWriter {
+public:
+    void add(const std::string& name, const std::vector<std::int64_t>& shape, std::span<const float> data,
+             std::string_view dtype = "F32") {
+        require(name != "__metadata__" && !name.empty(), "SafetensorsWriter: invalid tensor name '", name, "'");
+        for (const auto& e : entries_) require(e.name != name, "SafetensorsWriter: duplicate tensor name '", name, "'");
+        require(dtype == "F32" || dtype == "F16" || dtype == "BF16", "SafetensorsWriter: tensor '", name,
+                "': dtype must be F32, F16 or BF16, got ", dtype);
+        std::int64_t numel = 1;
+        for (auto e : shape) {
+            require(e >= 0, "SafetensorsWriter: tensor '", name, "' has negative extent ", e);
+            numel *= e;
+        }
+        require(std::int64_t(data.size()) == numel, "SafetensorsWriter: tensor '", name, "' has ", data.size(),
+                " values but shape ", SafetensorsFile::shape_str(shape), " holds ", numel);
+        Entry e{name, std::string(dtype), shape, {}};
+        const std::size_t es = safetensors_dtype_size(dtype);
+        e.bytes.resize(data.size() * es);
+        for (std::size_t i = 0; i < data.size(); ++i) {
+            if (es == 4) {
+                std::memcpy(&e.bytes[4 * i], &data[i], 4);
+            } else {
+                const std::uint16_t b = dtype == "F16" ? bits_of(from_float<half>(data[i])) : bits_of(from_float<bfloat16>(data[i]));
+                std::memcpy(&e.bytes[2 * i], &b, 2);
+            }
+        }
+        entries_.push_back(std::move(e));
+    }
+    void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+
+    void write(const std::string& path) const {
+        nlohmann::ordered_json h = nlohmann::ordered_json::object();
+        if (!metadata_.empty()) h["__metadata__"] = metadata_;
+        std::uint64_t off = 0;
+        for (const auto& e : entries_) {
+            h[e.name] = {{"dtype", e.dtype}, {"shape", e.shape}, {"data_offsets", {off, off + e.bytes.size()}}};
+            off += e.bytes.size();
+        }
+        std::string js = h.dump();
+        js.append((8 - js.size() % 8) % 8, ' ');  // the data buffer starts 8-byte aligned
+        const std::uint64_t n = js.size();
+        AtomicFileWriter w(path);
+        w.write(&n, 8);
+        w.write(js.data(), js.size());
+        for (const auto& e : entries_) w.write(e.bytes.data(), e.bytes.size());
+        w.commit();
+    }
+
+private:
+    struct Entry {
+        std::string name, dtype;
+        std::vector<std::int64_t> shape;
+        std::vector<std::uint8_t> bytes;
+    };
+    std::vector<Entry> entries_;
+    std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace transmla::io
