@@ -193,3 +193,43 @@ TEST_CASE("SmolLM2 tokenizer: random byte strings round-trip, less the bytes wit
     }
     CHECK(lossless >= 100);
 }
+
+TEST_CASE("SmolLM2 GGUF: unpermute_llama_qk restores the half-split RoPE pairs of attn_q / attn_k") {
+    // Indirect check on the real weights: the two rows of a RoPE pair rotate together, so in a
+    // trained model their norms are close. After unpermute_llama_qk, HF rows j and j + d/2 must
+    // be such pairs; in the stored (interleaved) order, or after the wrong-way permutation, rows
+    // j and j + d/2 belong to different frequencies.
+    const GgufFile* f = model_file();
+    if (!f) return;
+    const int d = 64, in = 576;
+    auto pair_mismatch = [&](const std::vector<float>& w, int heads) {
+        double acc = 0;
+        for (int h = 0; h < heads; ++h)
+            for (int j = 0; j < d / 2; ++j) {
+                double n0 = 0, n1 = 0;
+                for (int c = 0; c < in; ++c) {
+                    const double a = w[std::size_t((h * d + j) * in + c)], b = w[std::size_t((h * d + j + d / 2) * in + c)];
+                    n0 += a * a;
+                    n1 += b * b;
+                }
+                acc += std::abs(0.5 * std::log(n0 / n1));
+            }
+        return acc / (heads * d / 2);
+    };
+    for (const auto& [kind, heads] : {std::pair<std::string, int>{"attn_q", 9}, {"attn_k", 3}}) {
+        double hf = 0, raw = 0, wrong = 0;
+        for (int layer = 0; layer < 30; ++layer) {
+            const auto w = f->dequantize("blk." + std::to_string(layer) + "." + kind + ".weight");
+            auto u = w, p = w;
+            unpermute_llama_qk(u, heads, d, in);
+            permute_llama_qk(p, heads, d, in);
+            hf += pair_mismatch(u, heads) / 30;
+            raw += pair_mismatch(w, heads) / 30;
+            wrong += pair_mismatch(p, heads) / 30;
+        }
+        MESSAGE(kind << ": mean |log norm ratio| of rows (j, j+d/2): unpermuted " << hf << ", stored order " << raw
+                     << ", permuted the wrong way " << wrong);
+        CHECK(hf < 0.5 * raw);
+        CHECK(hf < 0.75 * wrong);
+    }
+}
