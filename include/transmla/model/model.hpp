@@ -288,6 +288,28 @@ public:
         return logits;
     }
 
+    /// One attention layer on its own: `xn` [T][D] (already normalised) continuing the sequence in
+    /// `c` (appended to). Returns the layer output [T][D] (before the residual add).
+    RowMatrixXf attention(const Attention& at, const RowMatrixXf& xn, LayerCache& c) const {
+        const std::int64_t T = xn.rows();
+        require(xn.cols() == config.hidden, "Model::attention: input has ", xn.cols(), " columns, expected ",
+                config.hidden);
+        require(c.width == cache_width(at) && c.size + T <= c.capacity, "Model::attention: cache of width ", c.width,
+                " with ", c.size, "/", c.capacity, " tokens cannot take ", T, " tokens of a ", attention_kind(at),
+                " layer (width ", cache_width(at), ")");
+        RowMatrixXf out(T, config.hidden);
+        std::visit([&](const auto& a) { run_attention(a, xn, T, c, out); }, at);
+        return out;
+    }
+    /// An empty cache of `capacity` tokens for one layer of form `at`.
+    static LayerCache make_layer_cache(const Attention& at, std::int64_t capacity) {
+        LayerCache c;
+        c.width = cache_width(at);
+        c.capacity = capacity;
+        c.rows.assign(std::size_t(capacity) * c.width, 0.f);
+        return c;
+    }
+
     /// Values cached per token per layer, summed over layers (÷ layers for the per-layer mean).
     std::int64_t cache_values_per_token() const {
         std::int64_t n = 0;

@@ -1,0 +1,104 @@
+// transmla/model/perplexity.hpp — text files, fixed-window perplexity, greedy generation.
+//
+// Perplexity: the token stream is cut into consecutive, non-overlapping windows of `window`
+// tokens; each window is a fresh sequence (empty cache, positions from 0) and every token after
+// the first is predicted from the ones before it in the same window. ppl = exp(mean NLL) over all
+// predicted tokens. A trailing partial window of at least 2 tokens is scored too.
+#pragma once
+
+#include "transmla/error.hpp"
+#include "transmla/model/model.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <span>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace transmla::model {
+
+/// The whole file as bytes; throws naming the path when it cannot be read or is empty.
+inline std::string read_text_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    require(f.good(), "read_text_file: cannot open '", path, "'");
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    std::string s = ss.str();
+    require(!s.empty(), "read_text_file: '", path, "' is empty");
+    return s;
+}
+
+struct PerplexityResult {
+    double perplexity = 0;
+    double mean_nll = 0;
+    std::int64_t predicted = 0;  ///< tokens scored
+    std::int64_t windows = 0;
+    double seconds = 0;
+};
+
+/// Negative log-likelihood of `next` under each row of logits: Σ_t (lse(row_t) − row_t[next_t]).
+inline double sum_nll(const RowMatrixXf& logits, std::span<const std::int32_t> next) {
+    double s = 0;
+    for (std::int64_t t = 0; t < std::int64_t(next.size()); ++t) {
+        const float* r = logits.row(t).data();
+        const std::int64_t V = logits.cols();
+        float m = r[0];
+        for (std::int64_t i = 1; i < V; ++i) m = std::max(m, r[i]);
+        double z = 0;
+        for (std::int64_t i = 0; i < V; ++i) z += std::exp(double(r[i]) - m);
+        s += double(m) + std::log(z) - double(r[next[std::size_t(t)]]);
+    }
+    return s;
+}
+
+/// Fixed-window perplexity of `tokens` (at most `max_tokens` of them when > 0).
+inline PerplexityResult perplexity(const Model& m, std::span<const std::int32_t> tokens, std::int64_t window,
+                                   std::int64_t max_tokens = 0) {
+    require(window >= 2 && window <= m.config.max_positions, "perplexity: window ", window, " outside [2, ",
+            m.config.max_positions, "]");
+    if (max_tokens > 0 && std::int64_t(tokens.size()) > max_tokens) tokens = tokens.first(std::size_t(max_tokens));
+    require(tokens.size() >= 2, "perplexity: need at least 2 tokens, got ", tokens.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    PerplexityResult r;
+    double nll = 0;
+    auto cache = m.make_cache(window);
+    for (std::size_t b = 0; b + 1 < tokens.size(); b += std::size_t(window)) {
+        const std::size_t n = std::min<std::size_t>(std::size_t(window), tokens.size() - b);
+        if (n < 2) break;
+        cache.clear();
+        const auto w = tokens.subspan(b, n);
+        const auto logits = m.forward(w, cache, Logits::all);
+        nll += sum_nll(RowMatrixXf(logits.topRows(std::int64_t(n) - 1)), w.subspan(1));
+        r.predicted += std::int64_t(n) - 1;
+        ++r.windows;
+    }
+    r.mean_nll = nll / double(r.predicted);
+    r.perplexity = std::exp(r.mean_nll);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+}
+
+/// Greedy generation: the prompt in one batch, then one token at a time (KV cache), stopping at
+/// `max_new` tokens or at `stop_token` (not included). Returns the generated ids.
+inline std::vector<std::int32_t> generate_greedy(const Model& m, std::span<const std::int32_t> prompt, int max_new,
+                                                 std::int32_t stop_token = -1) {
+    require(!prompt.empty() && max_new >= 0, "generate_greedy: empty prompt or negative max_new");
+    auto cache = m.make_cache(std::int64_t(prompt.size()) + max_new + 1);
+    std::vector<std::int32_t> out;
+    auto logits = m.forward(prompt, cache, Logits::last);
+    for (int k = 0; k < max_new; ++k) {
+        const float* r = logits.row(0).data();
+        const std::int32_t next = std::int32_t(std::max_element(r, r + logits.cols()) - r);
+        if (next == stop_token) break;
+        out.push_back(next);
+        if (k + 1 == max_new) break;
+        logits = m.forward(std::span<const std::int32_t>(&out.back(), 1), cache, Logits::last);
+    }
+    return out;
+}
+
+}  // namespace transmla::model
