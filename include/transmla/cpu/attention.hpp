@@ -63,8 +63,8 @@ namespace detail {
 struct RowGroups {
     struct Group {
         std::int32_t seq;
-        std::int32_t head0;     ///< first query head
-        std::int32_t heads;     ///< query heads in the group
+        std::int32_t head0;     ///< first query head (MLA) or first KV head (GQA)
+        std::int32_t heads;     ///< query heads (MLA) or KV heads (GQA) in the group
         std::int64_t tok0;      ///< first query token (index into q)
         std::int64_t ntok;      ///< query tokens in the group
         std::int64_t pos0;      ///< position of token tok0
@@ -124,6 +124,9 @@ public:
         const auto off = RowGroups::offsets(a.q_indptr, batch, a.q.size(0), who);
         require(a.q_offset < 0 || batch == 1, who, ": q_offset is for a single sequence");
         const int qt = opt.q_tile > 0 ? opt.q_tile : std::max(1, 64 / g_);
+        // Decode-sized calls read a block of KV heads per group (one contiguous span per token,
+        // about 8 KB of f32 K and V); prefill-sized ones one KV head per group.
+        const int hb_decode = std::clamp(8192 / (8 * int(round_up(d_, 16))), 1, n_kv_);
         for (std::int64_t b = 0; b < batch; ++b) {
             const auto& kv = a.kv[std::size_t(b)];
             require(kv.n_kv == n_kv_ && kv.head_dim == d_, who, ": sequence ", b, " has n_kv=", kv.n_kv,
@@ -134,54 +137,61 @@ public:
             const std::int64_t pos0 = a.q_offset >= 0 ? a.q_offset : kv.length - T;
             require(pos0 >= 0, who, ": sequence ", b, " has ", T, " query tokens but only ", kv.length,
                     " cached tokens (append the new tokens first)");
-            const std::int64_t tile = T <= 8 ? std::max<std::int64_t>(T, 1) : qt;
-            for (int h = 0; h < n_kv_; ++h)
+            const bool decode = T <= 8;
+            const std::int64_t tile = decode ? std::max<std::int64_t>(T, 1) : qt;
+            const int hb = decode ? hb_decode : 1;
+            for (int h = 0; h < n_kv_; h += hb)
                 for (std::int64_t t0 = 0; t0 < T; t0 += tile) {
                     const std::int64_t nt = std::min(tile, T - t0);
                     const std::int64_t kv_end = std::min(kv.length, pos0 + t0 + nt);
-                    rg_.groups.push_back({std::int32_t(b), h * g_, g_, off[b] + t0, nt, pos0 + t0, kv_end});
+                    rg_.groups.push_back(
+                        {std::int32_t(b), h, std::min(hb, n_kv_ - h), off[b] + t0, nt, pos0 + t0, kv_end});
                 }
         }
     }
 
     std::int64_t n_groups() const noexcept { return std::int64_t(rg_.groups.size()); }
+    // Rows of a group: KV head major, then query token, then the g query heads of the KV head.
     GroupInfo info(std::int64_t gi) const noexcept {
         const auto& g = rg_.groups[std::size_t(gi)];
-        return {int(g.ntok) * g.heads, g.kv_end, d_, d_, false};
+        return {int(g.ntok) * g.heads * g_, g.kv_end, d_, d_, false, g.heads};
     }
     KvSource<Tkv> source(std::int64_t gi) const noexcept {
         const auto& g = rg_.groups[std::size_t(gi)];
         const auto& kv = a_.kv[std::size_t(g.seq)];
-        const int h = g.head0 / g_;
         KvSource<Tkv> s;
-        s.k = kv.k + std::int64_t(h) * kv.head_stride;
-        s.v = kv.v + std::int64_t(h) * kv.head_stride;
+        s.k = kv.k + std::int64_t(g.head0) * kv.head_stride;
+        s.v = kv.v + std::int64_t(g.head0) * kv.head_stride;
         s.token_stride = kv.token_stride;
         s.map = kv.map;
         s.dk = d_;
         s.dv = d_;
+        s.n_heads = g.heads;
+        s.head_stride = kv.head_stride;
         return s;
     }
     void fill(std::int64_t gi, float* q, std::int64_t qs, std::int64_t* row_end) const {
         const auto& g = rg_.groups[std::size_t(gi)];
         const float sc = a_.scale * float(log2e);
         int r = 0;
-        for (std::int64_t t = 0; t < g.ntok; ++t)
-            for (int i = 0; i < g.heads; ++i, ++r) {
-                const Tq* src = a_.q.row(g.tok0 + t, g.head0 + i);
-                for (int e = 0; e < d_; ++e) q[r * qs + e] = to_float(src[e]) * sc;
-                row_end[r] = std::min(g.pos0 + t + 1, g.kv_end);
-            }
+        for (int h = g.head0; h < g.head0 + g.heads; ++h)
+            for (std::int64_t t = 0; t < g.ntok; ++t)
+                for (int i = 0; i < g_; ++i, ++r) {
+                    const Tq* src = a_.q.row(g.tok0 + t, h * g_ + i);
+                    for (int e = 0; e < d_; ++e) q[r * qs + e] = to_float(src[e]) * sc;
+                    row_end[r] = std::min(g.pos0 + t + 1, g.kv_end);
+                }
     }
     void write(std::int64_t gi, const float* o, std::int64_t os, const float* lse) const {
         const auto& g = rg_.groups[std::size_t(gi)];
         int r = 0;
-        for (std::int64_t t = 0; t < g.ntok; ++t)
-            for (int i = 0; i < g.heads; ++i, ++r) {
-                To* dst = a_.out.row(g.tok0 + t, g.head0 + i);
-                for (int e = 0; e < d_; ++e) dst[e] = from_float<To>(o[r * os + e]);
-                if (a_.lse.data != nullptr) a_.lse(g.tok0 + t, g.head0 + i) = lse[r];
-            }
+        for (int h = g.head0; h < g.head0 + g.heads; ++h)
+            for (std::int64_t t = 0; t < g.ntok; ++t)
+                for (int i = 0; i < g_; ++i, ++r) {
+                    To* dst = a_.out.row(g.tok0 + t, h * g_ + i);
+                    for (int e = 0; e < d_; ++e) dst[e] = from_float<To>(o[r * os + e]);
+                    if (a_.lse.data != nullptr) a_.lse(g.tok0 + t, h * g_ + i) = lse[r];
+                }
     }
     std::vector<GroupInfo> infos() const {
         std::vector<GroupInfo> v;
@@ -236,7 +246,7 @@ public:
     std::int64_t n_groups() const noexcept { return std::int64_t(rg_.groups.size()); }
     GroupInfo info(std::int64_t gi) const noexcept {
         const auto& g = rg_.groups[std::size_t(gi)];
-        return {int(g.ntok) * g.heads, g.kv_end, r_ + dr_, r_, true};
+        return {int(g.ntok) * g.heads, g.kv_end, r_ + dr_, r_, true, 1};
     }
     KvSource<Tc> source(std::int64_t gi) const noexcept {
         const auto& c = a_.cache[std::size_t(rg_.groups[std::size_t(gi)].seq)];

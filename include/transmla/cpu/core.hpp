@@ -2,7 +2,8 @@
 // against the SIMD layer and compiled per instruction set.
 //
 // Structure of one job (rows = all query rows that share the KV source: the g query heads of a KV
-// group × the query tokens for GQA, all heads × tokens for MLA):
+// group × the query tokens for GQA, all heads × tokens for MLA; a GQA decode job may read several
+// KV heads at once so that each token's rows are read as one contiguous block):
 //   for each tile of `tile` keys:
 //     K tile → f32 scratch (converted once, zero-padded to a multiple of the SIMD width);
 //     S = Q·Kᵀ by a register-blocked micro-kernel: R rows × (W/R) keys, W accumulators reduced by
@@ -60,17 +61,18 @@ inline void qk_rows(const float* q, std::int64_t qs, const float* K, std::int64_
 
 /// Same with a compile-time padded key width (unrolled chunk loop).
 template <class A, int R, int DKP>
-inline void qk_rows_fixed(const float* q, std::int64_t qs, const float* K, int tile, float* S, std::int64_t ss) {
+inline void qk_rows_fixed(const float* q, std::int64_t qs, const float* K, std::int64_t ks, int tile, float* S,
+                          std::int64_t ss) {
     constexpr int W = width<A>;
     constexpr int NT = W / R;
     for (int j0 = 0; j0 < tile; j0 += NT) {
         vf<A> acc[W];
         for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
-        const float* kp = K + std::int64_t(j0) * DKP;
+        const float* kp = K + std::int64_t(j0) * ks;
 #pragma GCC unroll 4
         for (int c = 0; c < DKP; c += W) {
             vf<A> kv[NT];
-            for (int n = 0; n < NT; ++n) kv[n] = vf<A>::load_unaligned(kp + n * DKP + c);
+            for (int n = 0; n < NT; ++n) kv[n] = vf<A>::load_unaligned(kp + n * ks + c);
             for (int r = 0; r < R; ++r) {
                 const vf<A> qv = vf<A>::load_unaligned(q + r * qs + c);
                 for (int n = 0; n < NT; ++n) acc[r * NT + n] = simd::fmadd<A>(qv, kv[n], acc[r * NT + n]);
@@ -150,20 +152,25 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     const bool v_is_k = src.v == src.k;
     const int tile = job.tile;
     const int nr = job.n_rows;
+    const int nh = src.n_heads > 0 ? src.n_heads : 1;
+    const int rph = nr / nh;  // rows per head
 
+    // Scratch: K tile [tile][nh][dkp], V tile [tile][nh][dvp] (MLA: V = K tile), scores, α.
+    const std::int64_t kts = std::int64_t(nh) * dkp;
+    const std::int64_t vts = v_is_k ? kts : std::int64_t(nh) * dvp;
     float* Kb = job.scratch;
-    float* Vb = v_is_k ? Kb : Kb + std::int64_t(tile) * dkp;
-    const std::int64_t vs = v_is_k ? dkp : dvp;
-    float* S = Kb + std::int64_t(tile) * dkp + (v_is_k ? 0 : std::int64_t(tile) * dvp);
+    float* Vb = v_is_k ? Kb : Kb + tile * kts;
+    float* S = Kb + tile * kts + (v_is_k ? 0 : tile * vts);
     float* alpha = S + std::int64_t(nr) * tile;
     float* tail = alpha + round_up(nr, 16);
 
     constexpr bool use_bf16_dot = std::is_same_v<T, bfloat16> && simd::has_bf16_dot<A>;
     [[maybe_unused]] const int dkp2 = int(round_up(dk, 2 * W));
+    [[maybe_unused]] const std::int64_t kts2 = std::int64_t(nh) * dkp2;
     [[maybe_unused]] bfloat16* Kh = reinterpret_cast<bfloat16*>(tail);
-    [[maybe_unused]] bfloat16* Qh = Kh + std::int64_t(tile) * dkp2;
+    [[maybe_unused]] bfloat16* Qh = Kh + tile * kts2;
     if constexpr (use_bf16_dot) {
-        std::memset(static_cast<void*>(Kh), 0, sizeof(bfloat16) * std::size_t(tile) * dkp2);
+        std::memset(static_cast<void*>(Kh), 0, sizeof(bfloat16) * std::size_t(tile * kts2));
         std::memset(static_cast<void*>(Qh), 0, sizeof(bfloat16) * std::size_t(nr) * dkp2);
         for (int r = 0; r < nr; ++r) simd::store_row<A>(Qh + std::int64_t(r) * dkp2, job.q + r * job.q_stride, dk);
     }
@@ -177,89 +184,114 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     }
     if (kend > job.ke) kend = job.ke;
     // Zero the K/V scratch once: padding columns and rows past the last key stay zero (finite).
-    std::memset(static_cast<void*>(Kb), 0, sizeof(float) * std::size_t(tile) * dkp);
-    if (!v_is_k) std::memset(static_cast<void*>(Vb), 0, sizeof(float) * std::size_t(tile) * dvp);
+    std::memset(static_cast<void*>(Kb), 0, sizeof(float) * std::size_t(tile * kts));
+    if (!v_is_k) std::memset(static_cast<void*>(Vb), 0, sizeof(float) * std::size_t(tile * vts));
+    // Bytes of one token's rows of all heads (what the prefetch covers).
+    const std::size_t k_span = sizeof(T) * std::size_t((nh - 1) * src.head_stride + dk);
+    const std::size_t v_span = sizeof(T) * std::size_t((nh - 1) * src.head_stride + dv);
 
     for (std::int64_t t0 = job.kb; t0 < kend; t0 += tile) {
         const int n = int(kend - t0 < tile ? kend - t0 : tile);
+        const std::int64_t next = t0 + tile;
         for (int j = 0; j < n; ++j) {
+            // Prefetch the next tile's rows: strided and page-crossing reads defeat the hardware
+            // prefetchers.
+            if (next + j < kend) {
+                const std::int64_t po = src.map.token_offset(next + j, src.token_stride);
+                const char* pk = reinterpret_cast<const char*>(src.k + po);
+                for (std::size_t b = 0; b < k_span; b += 64) __builtin_prefetch(pk + b, 0, 3);
+                if (!v_is_k) {
+                    const std::int64_t pvo =
+                        src.v_token_stride == 0 ? po : src.map.token_offset(next + j, src.v_token_stride);
+                    const char* pv = reinterpret_cast<const char*>(src.v + pvo);
+                    for (std::size_t b = 0; b < v_span; b += 64) __builtin_prefetch(pv + b, 0, 3);
+                }
+            }
             const std::int64_t off = src.map.token_offset(t0 + j, src.token_stride);
-            if constexpr (use_bf16_dot) std::memcpy(static_cast<void*>(Kh + std::int64_t(j) * dkp2), src.k + off, 2 * std::size_t(dk));
-            simd::convert_row<A>(Kb + std::int64_t(j) * dkp, src.k + off, dk);
-            if (!v_is_k) {
-                const std::int64_t voff =
-                    src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
-                simd::convert_row<A>(Vb + std::int64_t(j) * dvp, src.v + voff, dv);
+            const std::int64_t voff = src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
+            for (int hh = 0; hh < nh; ++hh) {
+                const T* kr = src.k + off + hh * src.head_stride;
+                if constexpr (use_bf16_dot)
+                    std::memcpy(static_cast<void*>(Kh + j * kts2 + hh * dkp2), static_cast<const void*>(kr),
+                                sizeof(bfloat16) * std::size_t(dk));
+                simd::convert_row<A>(Kb + j * kts + hh * dkp, kr, dk);
+                if (!v_is_k) simd::convert_row<A>(Vb + j * vts + hh * dvp, src.v + voff + hh * src.head_stride, dv);
             }
         }
         if (n < tile) {
-            std::memset(static_cast<void*>(Kb + std::int64_t(n) * dkp), 0, sizeof(float) * std::size_t(tile - n) * dkp);
-            if (!v_is_k) std::memset(static_cast<void*>(Vb + std::int64_t(n) * dvp), 0, sizeof(float) * std::size_t(tile - n) * dvp);
+            std::memset(static_cast<void*>(Kb + n * kts), 0, sizeof(float) * std::size_t((tile - n) * kts));
+            if (!v_is_k) std::memset(static_cast<void*>(Vb + n * vts), 0, sizeof(float) * std::size_t((tile - n) * vts));
             if constexpr (use_bf16_dot)
-                std::memset(static_cast<void*>(Kh + std::int64_t(n) * dkp2), 0, sizeof(bfloat16) * std::size_t(tile - n) * dkp2);
+                std::memset(static_cast<void*>(Kh + n * kts2), 0, sizeof(bfloat16) * std::size_t((tile - n) * kts2));
         }
 
-        for (int r0 = 0; r0 < nr;) {
-            const int R = nr - r0 >= 4 ? 4 : (nr - r0 >= 2 ? 2 : 1);
-            std::int64_t blk_end = job.row_end[r0];
-            for (int r = 1; r < R; ++r) blk_end = job.row_end[r0 + r] > blk_end ? job.row_end[r0 + r] : blk_end;
-            if (blk_end <= t0) {  // every row of the block ends before this tile
-                r0 += R;
-                continue;
-            }
-            const float* q = job.q + r0 * job.q_stride;
-            float* Sr = S + std::int64_t(r0) * tile;
-            // ---- S = Q Kᵀ
-            if constexpr (use_bf16_dot) {
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-                const bfloat16* qh = Qh + std::int64_t(r0) * dkp2;
-                if (R == 4) qk_rows_bf16<A, 4>(qh, dkp2, Kh, dkp2, dkp2, tile, Sr, tile);
-                else if (R == 2) qk_rows_bf16<A, 2>(qh, dkp2, Kh, dkp2, dkp2, tile, Sr, tile);
-                else qk_rows_bf16<A, 1>(qh, dkp2, Kh, dkp2, dkp2, tile, Sr, tile);
-#endif
-            } else if constexpr (DK > 0) {
-                constexpr int DKP = int((DK + W - 1) / W * W);
-                if (R == 4) qk_rows_fixed<A, 4, DKP>(q, job.q_stride, Kb, tile, Sr, tile);
-                else if (R == 2) qk_rows_fixed<A, 2, DKP>(q, job.q_stride, Kb, tile, Sr, tile);
-                else qk_rows_fixed<A, 1, DKP>(q, job.q_stride, Kb, tile, Sr, tile);
-            } else {
-                if (R == 4) qk_rows<A, 4>(q, job.q_stride, Kb, dkp, dkp, tile, Sr, tile);
-                else if (R == 2) qk_rows<A, 2>(q, job.q_stride, Kb, dkp, dkp, tile, Sr, tile);
-                else qk_rows<A, 1>(q, job.q_stride, Kb, dkp, dkp, tile, Sr, tile);
-            }
-            // ---- online softmax
-            for (int r = r0; r < r0 + R; ++r) {
-                float* s = S + std::int64_t(r) * tile;
-                std::int64_t lim = job.row_end[r] - t0;
-                lim = lim < 0 ? 0 : (lim > n ? n : lim);
-                for (std::int64_t j = lim; j < tile; ++j) s[j] = ninf;
-                vf<A> mx(ninf);
-                for (int j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
-                const float tmax = simd::hmax<A>(mx);
-                const float mnew = tmax > job.m[r] ? tmax : job.m[r];
-                if (mnew == ninf) {
-                    alpha[r - r0] = 1.f;
-                    for (int j = 0; j < tile; ++j) s[j] = 0.f;
+        for (int hh = 0; hh < nh; ++hh) {
+            const float* Kt = Kb + hh * dkp;
+            const float* Vt = Vb + hh * (v_is_k ? dkp : dvp);
+            const int rend = (hh + 1) * rph;
+            for (int r0 = hh * rph; r0 < rend;) {
+                const int R = rend - r0 >= 4 ? 4 : (rend - r0 >= 2 ? 2 : 1);
+                std::int64_t blk_end = job.row_end[r0];
+                for (int r = 1; r < R; ++r) blk_end = job.row_end[r0 + r] > blk_end ? job.row_end[r0 + r] : blk_end;
+                if (blk_end <= t0) {  // every row of the block ends before this tile
+                    r0 += R;
                     continue;
                 }
-                const float a = std::exp2(job.m[r] - mnew);
-                const vf<A> mv(mnew);
-                vf<A> sum(0.f);
-                for (int j = 0; j < tile; j += W) {
-                    const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
-                    p.store_unaligned(s + j);
-                    sum += p;
+                const float* q = job.q + r0 * job.q_stride;
+                float* Sr = S + std::int64_t(r0) * tile;
+                // ---- S = Q Kᵀ
+                if constexpr (use_bf16_dot) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+                    const bfloat16* qh = Qh + std::int64_t(r0) * dkp2;
+                    const bfloat16* kh = Kh + hh * dkp2;
+                    if (R == 4) qk_rows_bf16<A, 4>(qh, dkp2, kh, kts2, dkp2, tile, Sr, tile);
+                    else if (R == 2) qk_rows_bf16<A, 2>(qh, dkp2, kh, kts2, dkp2, tile, Sr, tile);
+                    else qk_rows_bf16<A, 1>(qh, dkp2, kh, kts2, dkp2, tile, Sr, tile);
+#endif
+                } else if constexpr (DK > 0) {
+                    constexpr int DKP = int((DK + W - 1) / W * W);
+                    if (R == 4) qk_rows_fixed<A, 4, DKP>(q, job.q_stride, Kt, kts, tile, Sr, tile);
+                    else if (R == 2) qk_rows_fixed<A, 2, DKP>(q, job.q_stride, Kt, kts, tile, Sr, tile);
+                    else qk_rows_fixed<A, 1, DKP>(q, job.q_stride, Kt, kts, tile, Sr, tile);
+                } else {
+                    if (R == 4) qk_rows<A, 4>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
+                    else if (R == 2) qk_rows<A, 2>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
+                    else qk_rows<A, 1>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
                 }
-                job.l[r] = job.l[r] * a + simd::hsum<A>(sum);
-                job.m[r] = mnew;
-                alpha[r - r0] = a;
+                // ---- online softmax
+                for (int r = r0; r < r0 + R; ++r) {
+                    float* s = S + std::int64_t(r) * tile;
+                    std::int64_t lim = job.row_end[r] - t0;
+                    lim = lim < 0 ? 0 : (lim > n ? n : lim);
+                    for (std::int64_t j = lim; j < tile; ++j) s[j] = ninf;
+                    vf<A> mx(ninf);
+                    for (int j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
+                    const float tmax = simd::hmax<A>(mx);
+                    const float mnew = tmax > job.m[r] ? tmax : job.m[r];
+                    if (mnew == ninf) {
+                        alpha[r - r0] = 1.f;
+                        for (int j = 0; j < tile; ++j) s[j] = 0.f;
+                        continue;
+                    }
+                    const float a = std::exp2(job.m[r] - mnew);
+                    const vf<A> mv(mnew);
+                    vf<A> sum(0.f);
+                    for (int j = 0; j < tile; j += W) {
+                        const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
+                        p.store_unaligned(s + j);
+                        sum += p;
+                    }
+                    job.l[r] = job.l[r] * a + simd::hsum<A>(sum);
+                    job.m[r] = mnew;
+                    alpha[r - r0] = a;
+                }
+                // ---- O = α O + P V
+                float* O = job.o + r0 * job.o_stride;
+                if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);
+                else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);
+                else pv_block<A, 1>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);
+                r0 += R;
             }
-            // ---- O = α O + P V
-            float* O = job.o + r0 * job.o_stride;
-            if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vb, vs, tile, O, job.o_stride, dvp);
-            else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vb, vs, tile, O, job.o_stride, dvp);
-            else pv_block<A, 1>(Sr, tile, alpha, Vb, vs, tile, O, job.o_stride, dvp);
-            r0 += R;
         }
     }
 }

@@ -35,9 +35,12 @@ struct KvSource {
     std::int64_t v_token_stride = 0;
     int dk = 0;  ///< key width
     int dv = 0;  ///< value width (≤ dk when v == k)
+    int n_heads = 1;               ///< KV heads read together (their rows are contiguous per token)
+    std::int64_t head_stride = 0;  ///< elements between the heads of one token
 };
 
-/// One call of the attention kernel. All buffers are f32 and owned by the caller.
+/// One call of the attention kernel. All buffers are f32 and owned by the caller. With
+/// `n_heads` > 1 in the source, rows [h·n_rows/n_heads, (h+1)·n_rows/n_heads) attend to head h.
 struct AttendJob {
     const float* q = nullptr;            ///< [n_rows][q_stride], zero beyond dk, pre-scaled
     std::int64_t q_stride = 0;           ///< ≥ round_up(dk, 16)
@@ -55,15 +58,17 @@ struct AttendJob {
 constexpr std::int64_t round_up(std::int64_t x, std::int64_t m) noexcept { return (x + m - 1) / m * m; }
 
 /// Floats of scratch an AttendJob needs (for any ISA).
-constexpr std::int64_t scratch_floats(int dk, int dv, bool v_is_k, int n_rows, int tile) noexcept {
-    const std::int64_t dkp = round_up(dk, 32), dvp = round_up(dv, 32);
+constexpr std::int64_t scratch_floats(int dk, int dv, bool v_is_k, int n_rows, int tile, int n_heads) noexcept {
+    const std::int64_t dkp = round_up(dk, 32) * n_heads, dvp = round_up(dv, 32) * n_heads;
     return tile * dkp + (v_is_k ? 0 : tile * dvp) + std::int64_t(n_rows) * tile + round_up(n_rows, 16) +
-           tile * dkp / 2 + round_up(n_rows, 16) * dkp / 2 + 64;
+           tile * dkp / 2 + round_up(n_rows, 16) * round_up(dk, 32) / 2 + 64;
 }
 
-/// Default keys per tile for a key width: about 16 KB of f32 keys, a multiple of 16.
-constexpr int default_tile(int dk) noexcept {
-    const std::int64_t t = 4096 / round_up(dk, 16) / 16 * 16;
+/// Default keys per tile: about 64 KB of f32 K and V tiles (L2-resident), a multiple of 16 in
+/// [16, 64].
+constexpr int default_tile(int dk, int dv, bool v_is_k, int n_heads) noexcept {
+    const std::int64_t bytes = 4 * std::int64_t(n_heads) * (round_up(dk, 16) + (v_is_k ? 0 : round_up(dv, 16)));
+    const std::int64_t t = 65536 / bytes / 16 * 16;
     return int(t < 16 ? 16 : (t > 64 ? 64 : t));
 }
 

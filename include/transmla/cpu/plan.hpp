@@ -50,6 +50,7 @@ struct GroupInfo {
     std::int64_t kv_end = 0;  ///< keys [0, kv_end) can be visible to some row
     int dk = 0, dv = 0;
     bool v_is_k = false;
+    int n_heads = 1;  ///< KV heads read together by the kernel
 };
 
 inline int default_workers(int n) {
@@ -83,11 +84,9 @@ public:
     static Plan make(const std::vector<detail::GroupInfo>& groups, const Options& opt) {
         Plan p;
         p.isa_ = resolve_isa(opt.isa);
-        const int dk_max = groups.empty() ? 16
-                                          : std::max_element(groups.begin(), groups.end(), [](auto& a, auto& b) {
-                                                return a.dk < b.dk;
-                                            })->dk;
-        p.tile_ = opt.tile > 0 ? opt.tile : detail::default_tile(dk_max);
+        int tile = 64;
+        for (const auto& g : groups) tile = std::min(tile, detail::default_tile(g.dk, g.dv, g.v_is_k, g.n_heads));
+        p.tile_ = opt.tile > 0 ? opt.tile : tile;
         require(p.tile_ % 16 == 0 && p.tile_ <= 1024, "transmla::cpu::Plan: tile must be a multiple of 16 up to 1024, got ",
                 p.tile_);
         const int workers = detail::default_workers(opt.num_workers);
@@ -169,13 +168,14 @@ void Plan::run(const Op& op, std::int64_t i) const {
     const Item& it = items_[std::size_t(i)];
     const detail::GroupInfo& g = groups_[std::size_t(it.group)];
     const detail::GroupInfo check = op.info(it.group);
-    require(check.n_rows == g.n_rows && check.kv_end == g.kv_end && check.dk == g.dk && check.dv == g.dv,
+    require(check.n_rows == g.n_rows && check.kv_end == g.kv_end && check.dk == g.dk && check.dv == g.dv &&
+                check.n_heads == g.n_heads,
             "transmla::cpu::Plan::run: the call's shapes differ from the ones the plan was made for (group ",
             it.group, ")");
     const int nr = g.n_rows;
     const std::int64_t qs = detail::round_up(g.dk, 32), os = detail::round_up(g.dv, 32);
     const std::int64_t nr16 = detail::round_up(nr, 16);
-    const std::int64_t ks = detail::scratch_floats(g.dk, g.dv, g.v_is_k, nr, tile_);
+    const std::int64_t ks = detail::scratch_floats(g.dk, g.dv, g.v_is_k, nr, tile_, g.n_heads);
     detail::Scratch buf(nr * qs + nr * os + 2 * nr16 + ks + 2 * nr16 + 64);
     float* q = buf.data();
     float* o = q + nr * qs;
