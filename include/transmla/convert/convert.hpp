@@ -1,0 +1,120 @@
+// transmla/convert/convert.hpp — one-call conversion of a GQA layer (TransMLA, MHA2MLA or the
+// exact mode) with its per-layer report; includes every convert/ header.
+#pragma once
+
+#include "transmla/convert/forward.hpp"
+#include "transmla/convert/layer.hpp"
+#include "transmla/convert/linalg.hpp"
+#include "transmla/convert/mha2mla.hpp"
+#include "transmla/convert/shape_link.hpp"
+#include "transmla/convert/transmla.hpp"
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace transmla::convert {
+
+/// Held-out calibration tokens for the report's attention-output error: one causal sequence.
+struct HeldOut {
+    MatrixXd x;                           ///< [T][D] attention inputs
+    std::vector<std::int64_t> positions;  ///< T positions
+};
+
+/// What convert_layer returns. `mla` and `partial` are set for transmla and exact, `mha2mla`
+/// for the MHA2MLA method.
+struct ConvertResult {
+    Method method = Method::transmla;
+    PartialRopeLayer partial;  ///< the layer after step 2 (and 3)
+    MlaLayer mla;
+    Mha2MlaLayer mha2mla;
+    LayerReport report;
+};
+
+/// Checks the options against the layer and throws transmla::error naming the option and the
+/// allowed values. Returns the latent rank r that will be used (transmla / exact).
+inline int validate_options(const GqaLayer& l, const ConvertOptions& o) {
+    l.validate();
+    const int d = l.head_dim, L = l.kv_width();
+    switch (o.method) {
+        case Method::exact: return L;
+        case Method::mha2mla: {
+            const int rm = o.mha2mla_rope_dims ? o.mha2mla_rope_dims : std::max(2, d / 8);
+            check_mha2mla_rope_dims(d, rm, o.selection, o.uniform_start);
+            return 0;
+        }
+        case Method::transmla: {
+            const FreqFoldMap map(l.n_kv, d, o.rope_dim, o.freqfold, l.rope.pairing);  // d_r and F
+            (void)map;
+            const int r = resolve_rank(o, l.n_kv, d, o.rope_dim);
+            require(r + o.rope_dim < 2 * L, "rank (r) = ", r, " with rope_dim d_r = ", o.rope_dim,
+                    " gives a cache of r + d_r = ", r + o.rope_dim, " values per token, not smaller than the GQA cache 2L = ",
+                    2 * L, ": allowed r: 1..", 2 * L - o.rope_dim - 1, " (use method exact for a full-size cache)");
+            require(o.q_lora_rank >= 0 && o.q_lora_rank <= l.n_q * d, "q_lora_rank = ", o.q_lora_rank,
+                    " is not allowed: 0 (no low-rank query) or 1..n_q·d = ", l.n_q * d);
+            return r;
+        }
+    }
+    fail("convert_layer: unknown method");
+}
+
+/// ‖out_converted − out_gqa‖_F / ‖out_gqa‖_F on one held-out sequence.
+template <class Converted>
+double attention_output_error(const GqaLayer& l, const Converted& c, const HeldOut& h) {
+    const RowMatrix ref = forward(l, h.x, h.positions);
+    const RowMatrix got = forward(c, h.x, h.positions);
+    const double den = ref.norm();
+    return den > 0 ? (got - ref).norm() / den : (got - ref).norm();
+}
+
+/// Converts one layer.
+/// - transmla: step 2 on `original` (the original model's statistics), steps 3–6 on
+///   `*after_rorope` (the partial-RoPE model's statistics; nullptr reuses `original`).
+/// - exact: F = 1, d_r = d for the map, RoPE kept on all L latent dims, full rank r = L, no
+///   balancing: reproduces the GQA layer (cache r + d_r = 2L).
+/// - mha2mla: selection + SVD on the weights (`norms` needed for the two_norm selection);
+///   `original` only feeds the report.
+/// `held_out` (optional) gives the report's attention-output error.
+inline ConvertResult convert_layer(const GqaLayer& l, const CalibrationStats& original,
+                                   const CalibrationStats* after_rorope, const ConvertOptions& o,
+                                   const HeldOut* held_out = nullptr, const PairNormStats* norms = nullptr) {
+    const int r = validate_options(l, o);
+    require(original.hidden() == l.hidden, "convert_layer: statistics have hidden size ", original.hidden(),
+            ", the layer ", l.hidden);
+    require(original.tokens() > 0, "convert_layer: the calibration statistics hold no tokens");
+    if (after_rorope)
+        require(after_rorope->hidden() == l.hidden, "convert_layer: after-RoRoPE statistics have hidden size ",
+                after_rorope->hidden(), ", the layer ", l.hidden);
+    if (held_out) {
+        require(held_out->x.cols() == l.hidden && std::int64_t(held_out->positions.size()) == held_out->x.rows(),
+                "convert_layer: held-out tokens must be [T][", l.hidden, "] with T positions");
+    }
+    const CalibrationStats& after = after_rorope ? *after_rorope : original;
+    ConvertResult res;
+    res.method = o.method;
+    res.report.method = o.method;
+    res.report.cache_original = l.cache_per_token();
+    if (o.method == Method::mha2mla) {
+        res.mha2mla = mha2mla(l, o, norms);
+        res.report.rope_dim = res.mha2mla.rope_dims;
+        res.report.rank = res.mha2mla.latent_dim;
+        mha2mla_errors(l, res.mha2mla, original, res.report.key_error, res.report.value_error);
+        res.report.cache_converted = res.mha2mla.cache_per_token();
+        if (held_out) res.report.attn_output_error = attention_output_error(l, res.mha2mla, *held_out);
+        return res;
+    }
+    const bool exact = o.method == Method::exact;
+    res.partial = exact ? rorope(l, original, l.head_dim, 1, /*keep_all_rope=*/true)
+                        : rorope(l, original, o.rope_dim, o.freqfold);
+    ConvertOptions oo = o;
+    if (exact) oo.balance = false, oo.q_lora_rank = 0;
+    res.mla = finish_transmla(res.partial, after, r, oo, &res.report);
+    res.report.method = o.method;
+    if (oo.balance && !exact) res.partial = balance_kv(res.partial, res.report.alpha);
+    if (held_out) res.report.attn_output_error = attention_output_error(l, res.mla, *held_out);
+    return res;
+}
+
+}  // namespace transmla::convert

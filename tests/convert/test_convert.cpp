@@ -1,0 +1,213 @@
+// convert_layer (exact / transmla), its report, bad options, and the compile-time shape link.
+#include "synthetic.hpp"
+#include "transmla/convert/convert.hpp"
+
+#include <string>
+#include <type_traits>
+
+using namespace transmla;
+using namespace transmla::convert;
+using transmla::test::rel_err;
+
+namespace {
+
+struct Setup {
+    GqaLayer layer;
+    test::InputGen gen;
+    CalibrationStats stats;
+    HeldOut held;
+    Setup(int D, int nq, int nkv, int d, RopePairing p, bool bias, int T = 20)
+        : layer(test::make_layer([&] {
+              test::LayerSpec s;
+              s.hidden = D, s.n_q = nq, s.n_kv = nkv, s.head_dim = d, s.pairing = p, s.biases = bias;
+              return s;
+          }())),
+          gen(D), stats(D) {
+        for (int b = 0; b < 6; ++b) stats.add(gen.tokens(100, 0));
+        held.x = gen.tokens(T, 11);
+        held.positions = test::iota_positions(T, 11);
+    }
+};
+
+/// The message of the transmla::error thrown by f ("" when none is thrown).
+template <class F>
+std::string error_of(F&& f) {
+    try {
+        f();
+    } catch (const error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("exact mode reproduces the GQA layer end to end (MLA naive and absorbed)") {
+    for (auto p : {RopePairing::half_split, RopePairing::interleaved})
+        for (bool bias : {false, true}) {
+            Setup s(64, 6, 3, 16, p, bias);
+            ConvertOptions o;
+            o.method = Method::exact;
+            const ConvertResult res = convert_layer(s.layer, s.stats, nullptr, o, &s.held);
+            const MlaLayer& m = res.mla;
+            CHECK(m.kv_lora_rank == 48);
+            CHECK(m.qk_rope_head_dim == 48);
+            CHECK(m.cache_per_token() == 2 * 48);
+            const auto ref = forward(s.layer, s.held.x, s.held.positions);
+            const double e1 = rel_err(forward(m, s.held.x, s.held.positions), ref);
+            const double e2 = rel_err(forward(absorb(m), s.held.x, s.held.positions), ref);
+            INFO("pairing " << to_string(p) << " bias " << bias << " naive " << e1 << " absorbed " << e2);
+            CHECK(e1 <= 1e-10);
+            CHECK(e2 <= 1e-10);
+            CHECK(res.report.attn_output_error <= 1e-10);
+            CHECK(res.report.key_error <= 1e-10);
+            CHECK(res.report.value_error <= 1e-10);
+        }
+}
+
+TEST_CASE("TransMLA convert_layer: report and rank from a cache budget") {
+    Setup s(96, 8, 4, 16, RopePairing::half_split, true);
+    ConvertOptions o;
+    o.rope_dim = 8;
+    o.freqfold = 4;
+    o.cache_budget = 0.5;  // r = 0.5·2·64 − 8 = 56
+    // stats after RoRoPE: here a second, independent batch of calibration tokens
+    CalibrationStats after(96);
+    after.add(s.gen.tokens(500, 0));
+    const ConvertResult res = convert_layer(s.layer, s.stats, &after, o, &s.held);
+    const LayerReport& rep = res.report;
+    CHECK(rep.rank == 56);
+    CHECK(res.mla.kv_lora_rank == 56);
+    CHECK(rep.cache_converted == 64);
+    CHECK(rep.cache_original == 128);
+    CHECK(rep.rope_energy > 8.0 / 64);
+    CHECK(rep.rope_energy < 1.0);
+    CHECK(rep.pca_energy > 56.0 / 120);
+    CHECK(rep.pca_energy < 1.0);
+    CHECK(rep.alpha > 0);
+    CHECK(rep.key_error > 0);
+    CHECK(rep.key_error < 1);
+    CHECK(rep.value_error > 0);
+    CHECK(rep.value_error < 1);
+    CHECK(rep.attn_output_error > 0);
+    CHECK(rep.attn_output_error < 1);
+    // The report's output error is what it says.
+    const auto ref = forward(s.layer, s.held.x, s.held.positions);
+    const auto got = forward(res.mla, s.held.x, s.held.positions);
+    CHECK(rep.attn_output_error == doctest::Approx((got - ref).norm() / ref.norm()).epsilon(1e-12));
+    // The returned partial layer is balanced with the report's α and matches the MLA at full rank.
+    CHECK(res.partial.alpha == rep.alpha);
+    // A larger rank never reconstructs worse.
+    ConvertOptions o2 = o;
+    o2.cache_budget = 0, o2.rank = 100;
+    const ConvertResult res2 = convert_layer(s.layer, s.stats, &after, o2);
+    CHECK(res2.report.key_error + res2.report.value_error <= rep.key_error + rep.value_error);
+    CHECK(std::isnan(res2.report.attn_output_error));
+    // Balance off: α reported as 1, same rope energy.
+    ConvertOptions o3 = o;
+    o3.balance = false;
+    const ConvertResult res3 = convert_layer(s.layer, s.stats, &after, o3);
+    CHECK(res3.report.alpha == 1.0);
+    CHECK(res3.report.rope_energy == doctest::Approx(rep.rope_energy));
+}
+
+TEST_CASE("bad options throw transmla::error naming the option and the allowed values") {
+    Setup s(48, 4, 2, 16, RopePairing::half_split, false, 4);
+    auto run = [&](ConvertOptions o) { return error_of([&] { convert_layer(s.layer, s.stats, nullptr, o); }); };
+    ConvertOptions o;
+    o.rank = 10;
+    o.rope_dim = 6;  // 16 % 6 != 0
+    std::string m = run(o);
+    CHECK(contains(m, "rope_dim"));
+    CHECK(contains(m, "allowed: 2, 4, 8, 16"));
+    o.rope_dim = 8;
+    o.freqfold = 3;  // c = 2
+    m = run(o);
+    CHECK(contains(m, "freqfold"));
+    CHECK(contains(m, "allowed: 2, 4, 8"));
+    o.freqfold = 1;  // not a multiple of c = 2
+    CHECK(contains(run(o), "freqfold"));
+    o.freqfold = 2;
+    o.rank = 57;  // > 2L − d_r = 56
+    m = run(o);
+    CHECK(contains(m, "rank"));
+    CHECK(contains(m, "56"));
+    o.rank = 56;  // cache not smaller than the original
+    m = run(o);
+    CHECK(contains(m, "rank"));
+    CHECK(contains(m, "1..55"));
+    o.rank = 0;
+    o.cache_budget = 0;
+    CHECK(contains(run(o), "cache_budget"));
+    o.cache_budget = 1.5;
+    CHECK(contains(run(o), "cache_budget"));
+    o.cache_budget = 0;
+    o.rank = 10;
+    o.q_lora_rank = 1000;
+    CHECK(contains(run(o), "q_lora_rank"));
+    o.q_lora_rank = 0;
+    CHECK(run(o).empty());
+    // Shapes that do not match the weights.
+    GqaLayer bad = s.layer;
+    bad.wk.conservativeResize(bad.wk.rows() - 1, Eigen::NoChange);
+    m = error_of([&] { convert_layer(bad, s.stats, nullptr, o); });
+    CHECK(contains(m, "wk"));
+    bad = s.layer;
+    bad.bq = Eigen::VectorXd::Ones(5);
+    CHECK(contains(error_of([&] { convert_layer(bad, s.stats, nullptr, o); }), "bq"));
+    bad = s.layer;
+    bad.n_q = 5;
+    CHECK(!error_of([&] { convert_layer(bad, s.stats, nullptr, o); }).empty());
+    CalibrationStats wrong(40);
+    wrong.add(test::gaussian(10, 40));
+    CHECK(contains(error_of([&] { convert_layer(s.layer, wrong, nullptr, o); }), "hidden"));
+    CalibrationStats empty(48);
+    CHECK(contains(error_of([&] { convert_layer(s.layer, empty, nullptr, o); }), "no tokens"));
+    HeldOut h{test::gaussian(3, 48), {0, 1}};
+    CHECK(contains(error_of([&] { convert_layer(s.layer, s.stats, nullptr, o, &h); }), "held-out"));
+    // MHA2MLA options.
+    o.method = Method::mha2mla;
+    o.mha2mla_rope_dims = 3;
+    CHECK(contains(run(o), "mha2mla_rope_dims"));
+    o.mha2mla_rope_dims = 6;
+    o.selection = RopeSelection::uniform;  // 16 % 6 != 0
+    CHECK(contains(run(o), "mha2mla_rope_dims"));
+    o.mha2mla_rope_dims = 4;
+    o.uniform_start = 4;  // Δ = 4
+    CHECK(contains(run(o), "uniform_start"));
+    o.uniform_start = 1;
+    o.mha2mla_latent_dim = 1000;
+    CHECK(contains(run(o), "mha2mla_latent_dim"));
+    o.svd = SvdMode::split;
+    o.mha2mla_latent_dim = 7;
+    CHECK(contains(run(o), "mha2mla_latent_dim"));
+    o.selection = RopeSelection::two_norm;
+    o.mha2mla_latent_dim = 8;
+    CHECK(contains(run(o), "PairNormStats"));
+}
+
+TEST_CASE("compile-time shape link and its run-time twin") {
+    using Llama3 = GqaShape<32, 8, 128>;
+    using M = converted_shape_t<Llama3, 64, 512, 4>;
+    static_assert(std::is_same_v<M, MlaShape<32, 512, 64, 128, 128>>);
+    static_assert(ConvertedShape<Llama3, 64, 512, 4>::cache_per_token == 576);
+    static_assert(ConvertedShape<Llama3, 64, 512, 4>::original_cache_per_token == 2048);
+    static_assert(M::static_row_width == 576);
+    using Smol = GqaShape<9, 3, 64>;
+    static_assert(std::is_same_v<exact_shape_t<Smol>, MlaShape<9, 192, 192, 64, 64>>);
+    static_assert(std::is_same_v<converted_shape_t<Smol, 32, 128, 4>, MlaShape<9, 128, 32, 64, 64>>);
+    const DynamicMlaShape d = converted_shape(DynamicGqaShape(32, 8, 128), 64, 512, 4);
+    CHECK(d.rank() == 512);
+    CHECK(d.rope_dim() == 64);
+    CHECK(d.heads() == 32);
+    CHECK(d.nope_dim() == 128);
+    CHECK(d.cache_elems_per_token() == 576);
+    CHECK(converted_shape(DynamicGqaShape(9, 3, 64), 192, 192, 1, true).row_width() == 384);
+    CHECK_THROWS_AS(converted_shape(DynamicGqaShape(32, 8, 128), 48, 512, 4), error);   // d % d_r
+    CHECK_THROWS_AS(converted_shape(DynamicGqaShape(32, 8, 128), 64, 512, 3), error);   // F % c
+    CHECK_THROWS_AS(converted_shape(DynamicGqaShape(32, 8, 128), 64, 1984, 4), error);  // cache not smaller
+    CHECK_THROWS_AS(converted_shape(DynamicGqaShape(32, 8, 128), 64, 5000, 4), error);  // r > 2L − d_r
+    CHECK_THROWS_AS(converted_shape(DynamicGqaShape(9, 3, 64), 64, 192, 1, true), error);  // exact needs d_r = L
+}
