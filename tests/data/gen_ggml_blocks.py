@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 F16_FIELDS = {
     T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
     T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
+    T.IQ4_NL: [0], T.IQ4_XS: [0], T.TQ1_0: [52], T.TQ2_0: [64], T.MXFP4: [],
 }
 N_BLOCKS = 3
 
@@ -43,6 +44,10 @@ def random_blocks(rng, t):
     for off in F16_FIELDS[t]:
         d = rng.uniform(-2.0, 2.0, size=N_BLOCKS).astype(np.float16)
         raw[:, off:off + 2] = d.view(np.uint8).reshape(N_BLOCKS, 2)
+    if t == T.MXFP4:  # E8M0 exponent byte: keep the values finite, include the subnormal codes 0, 1
+        raw[:, 0] = rng.integers(100, 150, size=N_BLOCKS, dtype=np.uint8)
+        raw[0, 0] = 0
+        raw[1, 0] = 1
     return raw.reshape(-1)
 
 
@@ -50,7 +55,7 @@ def blocks_fixture():
     rng = np.random.default_rng(20261124)
     out = []
     for t in [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
-              T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]:
+              T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4]:
         raw = random_blocks(rng, t)
         vals = dequantize(raw, t).astype(np.float32).reshape(-1)
         assert np.all(np.isfinite(vals)), t.name

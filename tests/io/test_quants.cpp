@@ -220,6 +220,34 @@ Built build_q8_k() {
     return r;
 }
 
+// IQ4_NL (18 bytes): fp16 d, qs[16] as Q4_0; value = d · level[code] with the 16 fixed levels.
+Built build_iq4_nl() {
+    static const int levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    Built r;
+    r.bytes.assign(18, 0);
+    const float d = rnd_f16(-0.05, 0.05);
+    put_f16(r.bytes, 0, d);
+    int q[32];
+    for (int& x : q) x = rnd(0, 15);
+    for (int j = 0; j < 16; ++j) r.bytes[2 + std::size_t(j)] = std::uint8_t(q[j] | (q[j + 16] << 4));
+    for (int j = 0; j < 32; ++j) r.values.push_back(d * float(levels[q[j]]));
+    return r;
+}
+// TQ2_0 (66 bytes): qs[64], fp16 d; weight 128c + 32s + l holds code (t + 1) at bits 2s of
+// qs[32c + l]; value = d · t, t in {-1, 0, 1}.
+Built build_tq2_0() {
+    Built r;
+    r.bytes.assign(66, 0);
+    const float d = rnd_f16(-1, 1);
+    for (int e = 0; e < 256; ++e) {
+        const int t = rnd(-1, 1), c = e / 128, s = (e % 128) / 32, l = e % 32;
+        r.bytes[std::size_t(32 * c + l)] |= std::uint8_t((t + 1) << (2 * s));
+        r.values.push_back(d * float(t));
+    }
+    put_f16(r.bytes, 64, d);
+    return r;
+}
+
 std::vector<std::uint8_t> from_hex(const std::string& h) {
     std::vector<std::uint8_t> b(h.size() / 2);
     for (std::size_t i = 0; i < b.size(); ++i) b[i] = std::uint8_t(std::stoi(h.substr(2 * i, 2), nullptr, 16));
@@ -251,6 +279,11 @@ TEST_CASE("block geometry of every supported type") {
         {GgmlType::Q5_K, 256, 2 * 2 + 12 + 256 / 8 + 256 / 2},
         {GgmlType::Q6_K, 256, 256 / 2 + 256 / 4 + 256 / 16 + 2},
         {GgmlType::Q8_K, 256, 4 + 256 + 16 * 2},
+        {GgmlType::IQ4_NL, 32, 2 + 32 / 2},
+        {GgmlType::IQ4_XS, 256, 2 + 2 + 256 / 64 + 256 / 2},
+        {GgmlType::TQ1_0, 256, (256 - 16) / 5 + 16 / 4 + 2},
+        {GgmlType::TQ2_0, 256, 256 / 4 + 2},
+        {GgmlType::MXFP4, 32, 1 + 32 / 2},
     };
     for (const auto& g : gs) {
         CAPTURE(ggml_type_name(g.t));
@@ -264,7 +297,7 @@ TEST_CASE("block geometry of every supported type") {
     CHECK_THROWS_AS(ggml_row_bytes(GgmlType::Q4_K, 100), transmla::error);
     float out[32];
     const std::uint8_t zeros[64] = {};
-    CHECK_THROWS_AS(dequantize(GgmlType::IQ4_NL, zeros, out, 32), transmla::error);
+    CHECK_THROWS_AS(dequantize(GgmlType::IQ3_S, zeros, out, 32), transmla::error);
     CHECK_THROWS_AS(dequantize(GgmlType(77), zeros, out, 32), transmla::error);
     CHECK_THROWS_AS(dequantize(GgmlType::Q8_0, zeros, out, 31), transmla::error);
 }
@@ -286,7 +319,7 @@ TEST_CASE("dequantize agrees with gguf-py on random blocks of every type it deco
         TRANSMLA_CHECK_CLOSE(got, expect, 1e-6);
         ++n_types;
     }
-    CHECK(n_types == 12);
+    CHECK(n_types == 17);
 }
 
 TEST_CASE("dequantize hand-built blocks of known value") {
@@ -297,6 +330,7 @@ TEST_CASE("dequantize hand-built blocks of known value") {
         {GgmlType::Q2_K, build_q2_k},                     {GgmlType::Q3_K, build_q3_k},
         {GgmlType::Q4_K, [] { return build_q45_k(false); }}, {GgmlType::Q5_K, [] { return build_q45_k(true); }},
         {GgmlType::Q6_K, build_q6_k},                     {GgmlType::Q8_K, build_q8_k},
+        {GgmlType::IQ4_NL, build_iq4_nl},                 {GgmlType::TQ2_0, build_tq2_0},
     };
     for (const auto& [type, build] : cases) {
         CAPTURE(ggml_type_name(type));

@@ -56,8 +56,8 @@ enum class GgmlType : std::uint32_t {
 };
 
 /// Block geometry of a type: `block_elems` weights are stored in `block_bytes` bytes.
-/// `supported` is false for ids this library knows by name but cannot decode (the IQ*/TQ*/MXFP4
-/// families) and for ids it does not know at all.
+/// `supported` is false for ids this library knows by name but cannot decode (the grid-based
+/// IQ1/IQ2/IQ3 families) and for ids it does not know at all.
 struct GgmlTypeTraits {
     const char* name = "unknown";
     std::int64_t block_elems = 0;
@@ -89,10 +89,10 @@ inline GgmlTypeTraits ggml_traits_of(std::uint32_t id) noexcept {
         case 17: return {"IQ2_XS", 0, 0, false};
         case 18: return {"IQ3_XXS", 0, 0, false};
         case 19: return {"IQ1_S", 0, 0, false};
-        case 20: return {"IQ4_NL", 0, 0, false};
+        case 20: return {"IQ4_NL", 32, 2 + 16, true};
         case 21: return {"IQ3_S", 0, 0, false};
         case 22: return {"IQ2_S", 0, 0, false};
-        case 23: return {"IQ4_XS", 0, 0, false};
+        case 23: return {"IQ4_XS", qk_k, 2 + 2 + 4 + 128, true};
         case 24: return {"I8", 1, 1, true};
         case 25: return {"I16", 1, 2, true};
         case 26: return {"I32", 1, 4, true};
@@ -100,9 +100,9 @@ inline GgmlTypeTraits ggml_traits_of(std::uint32_t id) noexcept {
         case 28: return {"F64", 1, 8, true};
         case 29: return {"IQ1_M", 0, 0, false};
         case 30: return {"BF16", 1, 2, true};
-        case 34: return {"TQ1_0", 0, 0, false};
-        case 35: return {"TQ2_0", 0, 0, false};
-        case 39: return {"MXFP4", 0, 0, false};
+        case 34: return {"TQ1_0", qk_k, 48 + 4 + 2, true};
+        case 35: return {"TQ2_0", qk_k, 64 + 2, true};
+        case 39: return {"MXFP4", 32, 1 + 16, true};
         default: return {};
     }
 }
@@ -295,6 +295,69 @@ inline void dequant_q8_k(const std::uint8_t* b, float* y) noexcept {
     for (int j = 0; j < 256; ++j) y[j] = d * float(static_cast<std::int8_t>(b[4 + j]));
 }
 
+/// The 16 non-linear 4-bit levels of IQ4_NL / IQ4_XS.
+inline constexpr std::int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                               1,    13,   25,  38,  53,  69,  89,  113};
+inline void dequant_iq4_nl(const std::uint8_t* b, float* y) noexcept {
+    const float d = load_f16(b);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * float(iq4_levels[b[2 + j] & 0x0F]);
+        y[j + 16] = d * float(iq4_levels[b[2 + j] >> 4]);
+    }
+}
+/// IQ4_XS: fp16 d, u16 scales_h, scales_l[4], qs[128]; eight sub-blocks of 32 with 6-bit scales
+/// (low 4 bits: nibble ib%2 of scales_l[ib/2]; high 2 bits: bits 2ib of scales_h) minus 32.
+inline void dequant_iq4_xs(const std::uint8_t* b, float* y) noexcept {
+    const float d = load_f16(b);
+    const std::uint16_t sh = load_u16(b + 2);
+    const std::uint8_t* sl = b + 4;
+    const std::uint8_t* qs = b + 8;
+    for (int ib = 0; ib < 8; ++ib) {
+        const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | (((sh >> (2 * ib)) & 3) << 4);
+        const float dl = d * float(ls - 32);
+        for (int j = 0; j < 16; ++j) {
+            y[32 * ib + j] = dl * float(iq4_levels[qs[16 * ib + j] & 0x0F]);
+            y[32 * ib + 16 + j] = dl * float(iq4_levels[qs[16 * ib + j] >> 4]);
+        }
+    }
+}
+/// TQ1_0 (ternary): qs[48], qh[4], fp16 d. Each byte packs base-3 digits as a fixed-point
+/// fraction: digit n of byte x is ((uint8)(x·3^n) · 3) >> 8, value digit − 1. Weights 0..159 come
+/// from qs[0..32) (digit n of byte l → weight 32n + l), 160..239 from qs[32..48) (16n + l), 240..255
+/// from qh (4n + l, four digits).
+inline void dequant_tq1_0(const std::uint8_t* b, float* y) noexcept {
+    const float d = load_f16(b + 52);
+    static constexpr std::uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    auto digit = [](std::uint8_t x, int n) {
+        const std::uint8_t v = std::uint8_t(x * pow3[n]);
+        return int((std::uint16_t(v) * 3) >> 8) - 1;
+    };
+    for (int n = 0; n < 5; ++n)
+        for (int l = 0; l < 32; ++l) y[32 * n + l] = d * float(digit(b[l], n));
+    for (int n = 0; n < 5; ++n)
+        for (int l = 0; l < 16; ++l) y[160 + 16 * n + l] = d * float(digit(b[32 + l], n));
+    for (int n = 0; n < 4; ++n)
+        for (int l = 0; l < 4; ++l) y[240 + 4 * n + l] = d * float(digit(b[48 + l], n));
+}
+/// TQ2_0 (ternary): qs[64], fp16 d; weight 128c + 32s + l is ((qs[32c + l] >> 2s) & 3) − 1.
+inline void dequant_tq2_0(const std::uint8_t* b, float* y) noexcept {
+    const float d = load_f16(b + 64);
+    for (int c = 0; c < 2; ++c)
+        for (int s = 0; s < 4; ++s)
+            for (int l = 0; l < 32; ++l) y[128 * c + 32 * s + l] = d * float(int((b[32 * c + l] >> (2 * s)) & 3) - 1);
+}
+/// MXFP4: one E8M0 exponent byte e and 16 bytes of FP4 (E2M1) codes; scale 2^(e − 127) / 2 against
+/// the doubled E2M1 levels (so subnormal e = 0, 1 are handled as ggml does).
+inline void dequant_mxfp4(const std::uint8_t* b, float* y) noexcept {
+    static constexpr std::int8_t levels[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+    const std::uint32_t e = b[0];
+    const float d = std::bit_cast<float>(e < 2 ? (std::uint32_t(0x00200000) << e) : ((e - 1) << 23));
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * float(levels[b[1 + j] & 0x0F]);
+        y[j + 16] = d * float(levels[b[1 + j] >> 4]);
+    }
+}
+
 }  // namespace detail
 
 /// Geometry and name of a type id (including ids unknown to this library: name "unknown").
@@ -367,6 +430,11 @@ inline void dequantize(GgmlType t, const void* src, float* dst, std::int64_t n) 
         case GgmlType::Q5_K: blocks(detail::dequant_q5_k); break;
         case GgmlType::Q6_K: blocks(detail::dequant_q6_k); break;
         case GgmlType::Q8_K: blocks(detail::dequant_q8_k); break;
+        case GgmlType::IQ4_NL: blocks(detail::dequant_iq4_nl); break;
+        case GgmlType::IQ4_XS: blocks(detail::dequant_iq4_xs); break;
+        case GgmlType::TQ1_0: blocks(detail::dequant_tq1_0); break;
+        case GgmlType::TQ2_0: blocks(detail::dequant_tq2_0); break;
+        case GgmlType::MXFP4: blocks(detail::dequant_mxfp4); break;
         default: fail("cannot dequantize ggml type ", ggml_type_name(t), ": not supported");
     }
 }
