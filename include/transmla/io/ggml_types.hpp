@@ -19,6 +19,9 @@
 
 namespace transmla::io {
 
+static_assert(std::endian::native == std::endian::little,
+              "transmla/io: the ggml block decoders assume a little-endian host");
+
 /// ggml tensor type ids as written in GGUF tensor infos.
 enum class GgmlType : std::uint32_t {
     F32 = 0,

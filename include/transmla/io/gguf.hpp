@@ -39,6 +39,9 @@
 
 namespace transmla::io {
 
+static_assert(std::endian::native == std::endian::little,
+              "transmla/io: the GGUF and safetensors readers and writers assume a little-endian host");
+
 /// GGUF metadata value types.
 enum class GgufType : std::uint32_t {
     UINT8 = 0,

@@ -30,6 +30,9 @@
 
 namespace transmla::io {
 
+static_assert(std::endian::native == std::endian::little,
+              "transmla/io: the GGUF and safetensors readers and writers assume a little-endian host");
+
 /// Element types this library reads from safetensors ("F64", "F32", "F16", "BF16", "I64", "I32",
 /// "I16", "I8", "U8", "BOOL"); integers and bools are converted to float on read.
 inline std::size_t safetensors_dtype_size(std::string_view dtype) noexcept {
