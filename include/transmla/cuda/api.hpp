@@ -29,7 +29,10 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <sstream>
+#include <string>
 #include <type_traits>
+#include <utility>
 
 /// Checks a CUDA runtime call; throws transmla::error naming the call, file and line.
 #define TRANSMLA_CUDA_CHECK(call)                                                                  \
@@ -74,6 +77,49 @@ inline int sm_count() {
 }
 
 inline bool aligned(const void* ptr, std::size_t bytes) { return reinterpret_cast<std::uintptr_t>(ptr) % bytes == 0; }
+
+// Run-time → compile-time dispatch over the lists of compiled dims below (the one place that says
+// what is instantiated): f receives std::integral_constant arguments.
+
+/// Calls f(integral_constant<int, List[i]>) for the entry equal to x; false when there is none.
+template <const auto& List, std::size_t I = 0, class F>
+bool dispatch_dim(int x, F&& f) {
+    if constexpr (I < std::extent_v<std::remove_reference_t<decltype(List)>>) {
+        if (x == List[I]) {
+            f(std::integral_constant<int, List[I]>{});
+            return true;
+        }
+        return dispatch_dim<List, I + 1>(x, std::forward<F>(f));
+    } else {
+        return false;
+    }
+}
+/// Calls f(integral_constant<List[i][0]>, integral_constant<List[i][1]>) for the pair (x, y).
+template <const auto& List, std::size_t I = 0, class F>
+bool dispatch_dim_pair(int x, int y, F&& f) {
+    if constexpr (I < std::extent_v<std::remove_reference_t<decltype(List)>>) {
+        if (x == List[I][0] && y == List[I][1]) {
+            f(std::integral_constant<int, List[I][0]>{}, std::integral_constant<int, List[I][1]>{});
+            return true;
+        }
+        return dispatch_dim_pair<List, I + 1>(x, y, std::forward<F>(f));
+    } else {
+        return false;
+    }
+}
+/// "64, 128" or "(512, 64), (128, 64)": a list of compiled dims for error messages.
+template <class List>
+std::string describe_dims(const List& list) {
+    std::ostringstream os;
+    const char* sep = "";
+    for (const auto& e : list) {
+        os << sep;
+        sep = ", ";
+        if constexpr (std::is_array_v<std::remove_reference_t<decltype(e)>>) os << '(' << e[0] << ", " << e[1] << ')';
+        else os << e;
+    }
+    return os.str();
+}
 
 }  // namespace detail
 
@@ -186,7 +232,7 @@ struct GqaDecodeParams {
     float scale = 0.f;  ///< softmax scale, usually head_dim^-1/2
 };
 
-/// Head dims gqa_decode is compiled for.
+/// Head dims gqa_decode is compiled for (each entry instantiates the kernel for f16 and bf16).
 inline constexpr int gqa_decode_head_dims[] = {64, 128};
 
 namespace detail {
@@ -233,7 +279,7 @@ struct MlaDecodeParams {
     float scale = 0.f;  ///< softmax scale, (nope_dim + rope_dim)^-1/2 for DeepSeek
 };
 
-/// (rank, rope_dim) pairs mla_decode is compiled for.
+/// (rank, rope_dim) pairs mla_decode is compiled for (rank a multiple of 32).
 inline constexpr int mla_decode_dims[][2] = {{512, 64}, {128, 64}};
 
 namespace detail {

@@ -66,11 +66,11 @@ __device__ __forceinline__ std::uint32_t pack2<__nv_bfloat16>(float lo, float hi
 }
 
 /// Packs two storage elements (lo in the low half) into one register without conversion.
-template <class T>
-__device__ __forceinline__ std::uint32_t pack_raw(T lo, T hi) {
-    const std::uint32_t a = *reinterpret_cast<const std::uint16_t*>(&lo);
-    const std::uint32_t b = *reinterpret_cast<const std::uint16_t*>(&hi);
-    return a | (b << 16);
+__device__ __forceinline__ std::uint32_t pack_raw(__half lo, __half hi) {
+    return std::uint32_t(__half_as_ushort(lo)) | (std::uint32_t(__half_as_ushort(hi)) << 16);
+}
+__device__ __forceinline__ std::uint32_t pack_raw(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return std::uint32_t(__bfloat16_as_ushort(lo)) | (std::uint32_t(__bfloat16_as_ushort(hi)) << 16);
 }
 
 __device__ __forceinline__ float warp_max(float x) {

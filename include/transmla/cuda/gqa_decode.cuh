@@ -187,13 +187,11 @@ void gqa_decode(const GqaDecodeParams<T>& p, const DecodePlan& plan, void* works
     p.layout.check(where, p.batch);
     float* part_o = static_cast<float*>(workspace);
     float* part_lse = part_o ? part_o + plan.rows * plan.splits * plan.dv : nullptr;
-    switch (p.head_dim) {
-        case 64: detail::launch_gqa_decode<T, 64>(p, plan, part_o, part_lse, stream); break;
-        case 128: detail::launch_gqa_decode<T, 128>(p, plan, part_o, part_lse, stream); break;
-        default:
-            fail(where, ": unsupported head_dim ", p.head_dim, "; compiled head dims: 64, 128 (add one to ",
-                 "gqa_decode_head_dims and the switch in transmla/cuda/gqa_decode.cuh)");
-    }
+    const bool done = detail::dispatch_dim<gqa_decode_head_dims>(p.head_dim, [&](auto d) {
+        detail::launch_gqa_decode<T, decltype(d)::value>(p, plan, part_o, part_lse, stream);
+    });
+    require(done, where, ": unsupported head_dim ", p.head_dim, "; compiled head dims: ",
+            detail::describe_dims(gqa_decode_head_dims), " (extend gqa_decode_head_dims in transmla/cuda/api.hpp)");
 }
 
 }  // namespace transmla::cuda

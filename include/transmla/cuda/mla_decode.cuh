@@ -242,12 +242,11 @@ void mla_decode(const MlaDecodeParams<T>& p, const DecodePlan& plan, void* works
     p.layout.check(where, p.batch);
     float* part_o = static_cast<float*>(workspace);
     float* part_lse = part_o ? part_o + plan.rows * plan.splits * plan.dv : nullptr;
-    if (p.rank == 512 && p.rope_dim == 64) detail::launch_mla_decode<T, 512, 64>(p, plan, part_o, part_lse, stream);
-    else if (p.rank == 128 && p.rope_dim == 64) detail::launch_mla_decode<T, 128, 64>(p, plan, part_o, part_lse, stream);
-    else
-        fail(where, ": unsupported (rank, rope_dim) = (", p.rank, ", ", p.rope_dim,
-             "); compiled: (512, 64), (128, 64) (add one to mla_decode_dims in transmla/cuda/api.hpp and the ",
-             "dispatch in transmla/cuda/mla_decode.cuh)");
+    const bool done = detail::dispatch_dim_pair<mla_decode_dims>(p.rank, p.rope_dim, [&](auto r, auto dr) {
+        detail::launch_mla_decode<T, decltype(r)::value, decltype(dr)::value>(p, plan, part_o, part_lse, stream);
+    });
+    require(done, where, ": unsupported (rank, rope_dim) = (", p.rank, ", ", p.rope_dim, "); compiled: ",
+            detail::describe_dims(mla_decode_dims), " (extend mla_decode_dims in transmla/cuda/api.hpp)");
 }
 
 }  // namespace transmla::cuda

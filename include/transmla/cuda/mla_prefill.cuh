@@ -93,7 +93,7 @@ void mla_naive_prefill(const MlaPrefillParams<T>& p, void* workspace, std::size_
     bool supported = false;
     for (const auto& d : prefill_dims) supported = supported || (d[0] == qk && d[1] == p.v_dim);
     require(supported, where, ": unsupported (nope_dim + rope_dim, v_dim) = (", qk, ", ", p.v_dim,
-            "); compiled: (192, 128) (DeepSeek 128 + 64, 128), (128, 128), (64, 64)");
+            "); compiled: ", detail::describe_dims(prefill_dims), " (prefill_dims in transmla/cuda/api.hpp)");
     require(p.rank % 8 == 0, where, ": rank (", p.rank, ") must be a multiple of 8");
     require(workspace_bytes >= mla_prefill_workspace_bytes(p) && (p.kv_len == 0 || workspace), where, ": workspace of ",
             workspace_bytes, " bytes given, ", mla_prefill_workspace_bytes(p), " needed (mla_prefill_workspace_bytes)");

@@ -194,13 +194,11 @@ void attention_prefill(const PrefillParams<T>& p, cudaStream_t stream) {
             where, ": q, k and v must be 16-byte aligned with strides that are multiples of 8 elements");
     require(detail::aligned(p.out, 4) && (p.out_stride_t | p.out_stride_h) % 2 == 0, where,
             ": out must be 4-byte aligned with even strides");
-    if (p.qk_dim == 64 && p.v_dim == 64) detail::launch_prefill<T, 64, 64>(p, q_offset, stream);
-    else if (p.qk_dim == 128 && p.v_dim == 128) detail::launch_prefill<T, 128, 128>(p, q_offset, stream);
-    else if (p.qk_dim == 192 && p.v_dim == 128) detail::launch_prefill<T, 192, 128>(p, q_offset, stream);
-    else
-        fail(where, ": unsupported (qk_dim, v_dim) = (", p.qk_dim, ", ", p.v_dim,
-             "); compiled: (64, 64), (128, 128), (192, 128) (add one to prefill_dims in transmla/cuda/api.hpp and ",
-             "the dispatch in transmla/cuda/prefill.cuh)");
+    const bool done = detail::dispatch_dim_pair<prefill_dims>(p.qk_dim, p.v_dim, [&](auto dqk, auto dv) {
+        detail::launch_prefill<T, decltype(dqk)::value, decltype(dv)::value>(p, q_offset, stream);
+    });
+    require(done, where, ": unsupported (qk_dim, v_dim) = (", p.qk_dim, ", ", p.v_dim, "); compiled: ",
+            detail::describe_dims(prefill_dims), " (extend prefill_dims in transmla/cuda/api.hpp)");
 }
 
 }  // namespace transmla::cuda
