@@ -8,7 +8,9 @@
 // nn.Linear layout [out][in], row-major; projections are Eigen GEMMs (parallel with OpenMP).
 #pragma once
 
+#include "transmla/cpu/cpu.hpp"
 #include "transmla/error.hpp"
+#include "transmla/kv_cache.hpp"
 #include "transmla/model/attention.hpp"
 #include "transmla/rope.hpp"
 #include "transmla/shape.hpp"
@@ -202,6 +204,10 @@ public:
     VectorXf out_norm;
     std::vector<Layer> layers;
     MlaOrder mla_order = MlaOrder::automatic;
+    /// Run GQA attention (all forms that reduce to it) and absorbed MLA through the library's
+    /// cpu/ kernels; false: the plain Eigen attention of model/attention.hpp everywhere.
+    bool use_cpu_kernels = true;
+    cpu::Options cpu_options{};
 
     const RowMatrixXf& output_matrix() const noexcept { return lm_head.size() ? lm_head : embed; }
 
@@ -339,8 +345,15 @@ private:
         append_rows(c, qkv.data() + nq * d, W, T);  // [k | v] is contiguous in qkv
         RowMatrixXf o(T, nq * d);
         const std::int64_t cw = c.width;
-        attend({qkv.data(), W, d, nq, d}, T, {c.rows.data(), cw, d, nkv, d}, {c.rows.data() + nkv * d, cw, d, nkv, d},
-               c.size, p0, float(1.0 / std::sqrt(double(d))), o.data(), nq * d);
+        const float scale = float(1.0 / std::sqrt(double(d)));
+        if (use_cpu_kernels) {
+            const GqaSeqView<float> kv{c.rows.data(), c.rows.data() + nkv * d, nkv, d, c.size, cw, d, PageMap{}};
+            cpu::gqa_decode(View3<const float>(qkv.data(), {T, nq, d}, {W, d, 1}), kv, scale,
+                            View3<float>(o.data(), {T, nq, d}), {}, cpu_options);
+        } else {
+            attend({qkv.data(), W, d, nq, d}, T, {c.rows.data(), cw, d, nkv, d},
+                   {c.rows.data() + nkv * d, cw, d, nkv, d}, c.size, p0, scale, o.data(), nq * d);
+        }
         out.noalias() = o * at.wo.transpose();
     }
 
@@ -419,8 +432,14 @@ private:
                     std::copy_n(q.row(t).data() + i * qw + dn, dr, qa.row(t).data() + i * aw + r);
             }
             RowMatrixXf lat(T, H * r);
-            attend({qa.data(), H * aw, aw, H, aw}, T, {c.rows.data(), cw, 0, 1, aw}, {c.rows.data(), cw, 0, 1, r}, S,
-                   p0, at.softmax_scale, lat.data(), H * r);
+            if (use_cpu_kernels) {
+                const MlaSeqView<float> mv{c.rows.data(), r, dr, S, cw, PageMap{}};
+                cpu::mla_decode(View3<const float>(qa.data(), {T, H, aw}), mv, at.softmax_scale,
+                                View3<float>(lat.data(), {T, H, r}), {}, cpu_options);
+            } else {
+                attend({qa.data(), H * aw, aw, H, aw}, T, {c.rows.data(), cw, 0, 1, aw}, {c.rows.data(), cw, 0, 1, r},
+                       S, p0, at.softmax_scale, lat.data(), H * r);
+            }
             for (int i = 0; i < H; ++i) {
                 CMap li(lat.data() + i * r, T, r, Stride(H * r));
                 OMap oi(o.data() + i * dv, T, dv, Stride(H * dv));
@@ -474,8 +493,15 @@ private:
             }
         }
         RowMatrixXf o(T, nq * d);
-        attend({q.data(), nq * d, d, nq, d}, T, {K.data(), nkv * d, d, nkv, d}, {V.data(), nkv * d, d, nkv, d}, S, p0,
-               float(1.0 / std::sqrt(double(d))), o.data(), nq * d);
+        const float scale = float(1.0 / std::sqrt(double(d)));
+        if (use_cpu_kernels) {
+            cpu::gqa_prefill(View3<const float>(q.data(), {T, nq, d}), View3<const float>(K.data(), {S, nkv, d}),
+                             View3<const float>(V.data(), {S, nkv, d}), scale, View3<float>(o.data(), {T, nq, d}), {},
+                             p0, cpu_options);
+        } else {
+            attend({q.data(), nq * d, d, nq, d}, T, {K.data(), nkv * d, d, nkv, d}, {V.data(), nkv * d, d, nkv, d}, S,
+                   p0, scale, o.data(), nq * d);
+        }
         out.noalias() = o * at.wo.transpose();
     }
 };
