@@ -332,7 +332,9 @@ TEST_CASE("dequantize hand-built blocks of known value") {
         {GgmlType::Q6_K, build_q6_k},                     {GgmlType::Q8_K, build_q8_k},
         {GgmlType::IQ4_NL, build_iq4_nl},                 {GgmlType::TQ2_0, build_tq2_0},
     };
-    for (const auto& [type, build] : cases) {
+    for (const auto& c : cases) {
+        const GgmlType type = c.first;
+        const auto& build = c.second;
         CAPTURE(ggml_type_name(type));
         // several blocks in a row, so block strides are exercised too
         std::vector<std::uint8_t> bytes;

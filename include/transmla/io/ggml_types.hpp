@@ -399,7 +399,9 @@ inline void dequantize(GgmlType t, const void* src, float* dst, std::int64_t n) 
         for (std::int64_t i = 0; i < nb; ++i) fn(p + i * tr.block_bytes, dst + i * tr.block_elems);
     };
     switch (t) {
-        case GgmlType::F32: std::memcpy(dst, p, std::size_t(n) * 4); break;
+        case GgmlType::F32:
+            if (n > 0) std::memcpy(dst, p, std::size_t(n) * 4);
+            break;
         case GgmlType::F16:
             for (std::int64_t i = 0; i < n; ++i) dst[i] = detail::load_f16(p + 2 * i);
             break;

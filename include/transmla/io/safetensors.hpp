@@ -122,6 +122,7 @@ private:
             return v;
         };
         const std::string& d = t.dtype;
+        if (n == 0) return;
         if (d == "F32") std::memcpy(dst, p, n * 4);
         else if (d == "F16") for (std::size_t i = 0; i < n; ++i) dst[i] = to_float(half_from_bits(load(std::uint16_t{}, i)));
         else if (d == "BF16") for (std::size_t i = 0; i < n; ++i) dst[i] = to_float(bf16_from_bits(load(std::uint16_t{}, i)));

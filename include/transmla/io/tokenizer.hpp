@@ -12,12 +12,15 @@
 // those bytes.
 //
 // Pre-tokenizers (tokenizer.ggml.pre):
-//   "gpt2" (and "default"):  's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//   "gpt2":  's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //   "smollm", "starcoder", "refact", "codeshell", "exaone", "minerva", "command-r":
 //       every \p{N} code point is first isolated on its own (Hugging Face Digits(individual_digits)),
 //       then the GPT-2 rule runs on each resulting piece separately (end of piece = end of text for
 //       the (?!\S) look-ahead).
 // The splitting is written by hand (no std::regex); \p{L}/\p{N} come from generated Unicode tables.
+// "smollm" is verified token for token against Hugging Face tokenizers (tests/io); the other names
+// of that group follow llama.cpp's grouping of pre-tokenizers. Any other value (including a missing
+// key, which llama.cpp treats as its own "default" regex) is rejected rather than guessed.
 #pragma once
 
 #include "transmla/error.hpp"
@@ -58,12 +61,12 @@ enum class PreTokenizer {
 
 /// Maps a GGUF tokenizer.ggml.pre value to a PreTokenizer; throws listing the supported values.
 inline PreTokenizer pre_tokenizer_from_name(std::string_view pre) {
-    if (pre == "gpt2" || pre == "default") return PreTokenizer::gpt2;
+    if (pre == "gpt2") return PreTokenizer::gpt2;
     if (pre == "smollm" || pre == "starcoder" || pre == "refact" || pre == "codeshell" || pre == "exaone" ||
         pre == "minerva" || pre == "command-r")
         return PreTokenizer::digits_gpt2;
     fail("tokenizer: unsupported pre-tokenizer '", pre,
-         "'; supported: gpt2, default, smollm, starcoder, refact, codeshell, exaone, minerva, command-r");
+         "'; supported: gpt2, smollm, starcoder, refact, codeshell, exaone, minerva, command-r");
 }
 
 /// Everything a Tokenizer is built from (what the GGUF holds).
@@ -203,7 +206,7 @@ inline Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     c.merges = f.meta_strings("tokenizer.ggml.merges");
     if (f.has("tokenizer.ggml.token_type")) c.token_types = f.meta_i32s("tokenizer.ggml.token_type");
     try {
-        c.pre = pre_tokenizer_from_name(f.meta_string_or("tokenizer.ggml.pre", "default"));
+        c.pre = pre_tokenizer_from_name(f.meta_string_or("tokenizer.ggml.pre", "(missing tokenizer.ggml.pre)"));
     } catch (const error& e) {
         fail("GGUF '", f.path(), "': ", e.what());
     }
