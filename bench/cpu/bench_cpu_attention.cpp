@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <random>
 #include <string>
@@ -40,6 +41,19 @@ void set_threads(int t) {
 #else
     (void)t;
 #endif
+}
+
+/// Options of a case; TRANSMLA_BENCH_TILE / _PREFETCH / _QTILE / _HEADBLOCK override the automatic
+/// choices (for tuning experiments).
+cpu::Options bench_options(int threads) {
+    cpu::Options o;
+    o.num_workers = threads;
+    if (const char* e = std::getenv("TRANSMLA_BENCH_TILE")) o.tile = std::atoi(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_PREFETCH")) o.prefetch = std::atoi(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_QTILE")) o.q_tile = std::atoi(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_HEADBLOCK")) o.head_block = std::atoi(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_DIRECT")) o.direct = std::atoi(e);
+    return o;
 }
 
 template <class T>
@@ -86,8 +100,7 @@ void bm_gqa_decode(benchmark::State& st, int nq, int nkv, int d, std::int64_t ct
     cpu::GqaAttention<T, T, float> args{View3<const T>(q.data(), {tokens, nq, d}), indptr,
                                         std::span<const GqaSeqView<T>>(views), 1.f / std::sqrt(float(d)),
                                         View3<float>(out.data(), {tokens, nq, d})};
-    cpu::Options opt;
-    opt.num_workers = threads;
+    cpu::Options opt = bench_options(threads);
     const auto call = cpu::prepare(args, opt);
     const cpu::Plan plan = cpu::make_plan(call, opt);
     for (auto _ : st) {
@@ -119,8 +132,7 @@ void bm_mla_decode(benchmark::State& st, int H, int r, int dr, std::int64_t ctx,
     cpu::MlaAttention<T, T, float> args{View3<const T>(q.data(), {tokens, H, w}), indptr,
                                         std::span<const MlaSeqView<T>>(views), 1.f / std::sqrt(float(128 + dr)),
                                         View3<float>(out.data(), {tokens, H, r})};
-    cpu::Options opt;
-    opt.num_workers = threads;
+    cpu::Options opt = bench_options(threads);
     const auto call = cpu::prepare(args, opt);
     const cpu::Plan plan = cpu::make_plan(call, opt);
     for (auto _ : st) {
@@ -148,8 +160,7 @@ void bm_gqa_prefill(benchmark::State& st, int nq, int nkv, int d, std::int64_t l
     cpu::GqaAttention<T, T, float> args{View3<const T>(q.data(), {len, nq, d}), {},
                                         std::span<const GqaSeqView<T>>(&kv, 1), 1.f / std::sqrt(float(d)),
                                         View3<float>(out.data(), {len, nq, d})};
-    cpu::Options opt;
-    opt.num_workers = threads;
+    cpu::Options opt = bench_options(threads);
     const auto call = cpu::prepare(args, opt);
     const cpu::Plan plan = cpu::make_plan(call, opt);
     for (auto _ : st) {
@@ -179,8 +190,7 @@ void bm_side_by_side(benchmark::State& st, std::int64_t ctx, int threads) {
     std::vector<float> og(std::size_t(nh) * d), om(std::size_t(nh) * r);
     const GqaSeqView<T> kv{k.data(), v.data(), nh, d, ctx, std::int64_t(nh) * d, d, PageMap{}};
     const MlaSeqView<T> mv{rows.data(), r, dr, ctx, w, PageMap{}};
-    cpu::Options opt;
-    opt.num_workers = threads;
+    cpu::Options opt = bench_options(threads);
     cpu::GqaAttention<T, T, float> ga{View3<const T>(qg.data(), {1, nh, d}), {}, std::span<const GqaSeqView<T>>(&kv, 1),
                                       0.088f, View3<float>(og.data(), {1, nh, d})};
     cpu::MlaAttention<T, T, float> ma{View3<const T>(qm.data(), {1, nh, w}), {}, std::span<const MlaSeqView<T>>(&mv, 1),

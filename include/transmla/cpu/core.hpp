@@ -25,6 +25,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #ifndef TRANSMLA_CPU_KERNEL_NS
 #define TRANSMLA_CPU_KERNEL_NS k_native
@@ -130,14 +131,195 @@ inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const f
         for (int c = 0; c < C; ++c) acc[r][c].store_unaligned(O + r * os + c0 + c * W);
 }
 
+template <class A, int R, int... Cs>
+inline void pv_rows_n(int C, std::integer_sequence<int, Cs...>, const float* P, std::int64_t ps, const float* alpha,
+                      const float* V, std::int64_t vs, int tile, float* O, std::int64_t os, int c0) {
+    ((C == Cs + 1 ? (pv_rows<A, R, Cs + 1>(P, ps, alpha, V, vs, tile, O, os, c0), 0) : 0), ...);
+}
+
+/// P·V for R rows over all dvp columns, in passes of balanced width (accumulators in registers:
+/// up to 12 of 16 vector registers on SSE/AVX2, 24 of 32 on AVX-512).
 template <class A, int R>
 inline void pv_block(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, int tile,
                      float* O, std::int64_t os, int dvp) {
     constexpr int W = width<A>;
-    constexpr int C = (W == 16 ? 24 : 12) / R;  // accumulators in registers: 12 of 16 (AVX2), 24 of 32 (AVX-512)
-    int c0 = 0;
-    for (; c0 + C * W <= dvp; c0 += C * W) pv_rows<A, R, C>(P, ps, alpha, V, vs, tile, O, os, c0);
-    for (; c0 < dvp; c0 += W) pv_rows<A, R, 1>(P, ps, alpha, V, vs, tile, O, os, c0);
+    constexpr int MAXC = (W == 16 ? 24 : 12) / R;
+    const int nch = dvp / W;
+    const int passes = (nch + MAXC - 1) / MAXC;
+    const int C = (nch + passes - 1) / passes;
+    for (int c = 0; c < nch; c += C) {
+        const int cc = nch - c < C ? nch - c : C;
+        pv_rows_n<A, R>(cc, std::make_integer_sequence<int, MAXC>{}, P, ps, alpha, V, vs, tile, O, os, c * W);
+    }
+}
+
+/// QK reading the key rows straight from the cache (storage T widened in registers), for jobs
+/// with at most 4 rows per head: every key element is then loaded and converted exactly once, and
+/// the loads are spread through the FMA stream so memory and arithmetic overlap.
+template <class A, int R, class T>
+inline void qk_rows_direct(const float* q, std::int64_t qs, const T* const* krow, int dk, int tile, float* S,
+                           std::int64_t ss) {
+    constexpr int W = width<A>;
+    constexpr int NT = W / R;
+    for (int j0 = 0; j0 < tile; j0 += NT) {
+        vf<A> acc[W];
+        for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
+#pragma GCC unroll 4
+        for (int c = 0; c < dk; c += W) {
+            vf<A> kv[NT];
+            for (int n = 0; n < NT; ++n) kv[n] = simd::load_f32<A>(krow[j0 + n] + c);
+            for (int r = 0; r < R; ++r) {
+                const vf<A> qv = vf<A>::load_unaligned(q + r * qs + c);
+                for (int n = 0; n < NT; ++n) acc[r * NT + n] = simd::fmadd<A>(qv, kv[n], acc[r * NT + n]);
+            }
+        }
+        alignas(64) float sums[W];
+        simd::hsum_rows<A>(acc).store_aligned(sums);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < NT; ++n) S[r * ss + j0 + n] = sums[r * NT + n];
+    }
+}
+
+template <class A, int R, int C, class T>
+inline void pv_rows_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, int tile, float* O,
+                           std::int64_t os, int c0) {
+    constexpr int W = width<A>;
+    vf<A> acc[R][C];
+    for (int r = 0; r < R; ++r) {
+        const vf<A> a(alpha[r]);
+        for (int c = 0; c < C; ++c) acc[r][c] = vf<A>::load_unaligned(O + r * os + c0 + c * W) * a;
+    }
+    for (int j = 0; j < tile; ++j) {
+        vf<A> vv[C];
+        for (int c = 0; c < C; ++c) vv[c] = simd::load_f32<A>(vrow[j] + c0 + c * W);
+        for (int r = 0; r < R; ++r) {
+            const vf<A> p(P[r * ps + j]);
+            for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c].store_unaligned(O + r * os + c0 + c * W);
+}
+
+template <class A, int R, class T, int... Cs>
+inline void pv_rows_direct_n(int C, std::integer_sequence<int, Cs...>, const float* P, std::int64_t ps,
+                             const float* alpha, const T* const* vrow, int tile, float* O, std::int64_t os, int c0) {
+    ((C == Cs + 1 ? (pv_rows_direct<A, R, Cs + 1, T>(P, ps, alpha, vrow, tile, O, os, c0), 0) : 0), ...);
+}
+
+template <class A, int R, class T>
+inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, int tile,
+                            float* O, std::int64_t os, int dv) {
+    constexpr int W = width<A>;
+    constexpr int MAXC = (W == 16 ? 24 : 12) / R;
+    const int nch = dv / W;
+    const int passes = (nch + MAXC - 1) / MAXC;
+    const int C = (nch + passes - 1) / passes;
+    for (int c = 0; c < nch; c += C) {
+        const int cc = nch - c < C ? nch - c : C;
+        pv_rows_direct_n<A, R, T>(cc, std::make_integer_sequence<int, MAXC>{}, P, ps, alpha, vrow, tile, O, os, c * W);
+    }
+}
+
+/// Online-softmax update of rows [r0, r0 + R) on their score rows (see attend).
+template <class A>
+inline void softmax_rows(const AttendJob& job, float* S, int tile, int r0, int R, std::int64_t t0, int n, float* alpha) {
+    constexpr int W = width<A>;
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    for (int r = r0; r < r0 + R; ++r) {
+        float* s = S + std::int64_t(r) * tile;
+        std::int64_t lim = job.row_end[r] - t0;
+        lim = lim < 0 ? 0 : (lim > n ? n : lim);
+        for (std::int64_t j = lim; j < tile; ++j) s[j] = ninf;
+        vf<A> mx(ninf);
+        for (int j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
+        const float tmax = simd::hmax<A>(mx);
+        const float mnew = tmax > job.m[r] ? tmax : job.m[r];
+        if (mnew == ninf) {
+            alpha[r - r0] = 1.f;
+            for (int j = 0; j < tile; ++j) s[j] = 0.f;
+            continue;
+        }
+        const float a = std::exp2(job.m[r] - mnew);
+        const vf<A> mv(mnew);
+        vf<A> sum(0.f);
+        for (int j = 0; j < tile; j += W) {
+            const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
+            p.store_unaligned(s + j);
+            sum += p;
+        }
+        job.l[r] = job.l[r] * a + simd::hsum<A>(sum);
+        job.m[r] = mnew;
+        alpha[r - r0] = a;
+    }
+}
+
+/// The streaming variant of attend for ≤ 4 rows per head (GQA decode): no f32 tiles, K and V are
+/// read from the cache inside the micro-kernels. Needs dk, dv multiples of the SIMD width.
+template <class A, class T>
+void attend_direct(const KvSource<T>& src, const AttendJob& job) {
+    constexpr float ninf = -std::numeric_limits<float>::infinity();
+    const int dk = src.dk, dv = src.dv;
+    const int tile = job.tile;
+    const int nr = job.n_rows;
+    const int nh = src.n_heads > 0 ? src.n_heads : 1;
+    const int rph = nr / nh;
+
+    // Scratch: key and value row pointers [nh][tile] each, a zero row for padding keys, scores, α.
+    const T** kptr = reinterpret_cast<const T**>(job.scratch);
+    const T** vptr = kptr + std::int64_t(nh) * tile;
+    T* zero = reinterpret_cast<T*>(vptr + std::int64_t(nh) * tile);
+    const std::int64_t zero_floats = (std::int64_t(sizeof(T)) * (dk > dv ? dk : dv) + 3) / 4;
+    float* S = job.scratch + round_up(4 * std::int64_t(nh) * tile + zero_floats + 16, 16);
+    float* alpha = S + std::int64_t(nr) * tile;
+    std::memset(static_cast<void*>(zero), 0, sizeof(T) * std::size_t(dk > dv ? dk : dv));
+
+    std::int64_t kend = job.kb;
+    for (int r = 0; r < nr; ++r) {
+        job.m[r] = ninf;
+        job.l[r] = 0.f;
+        for (int c = 0; c < dv; ++c) job.o[r * job.o_stride + c] = 0.f;
+        kend = job.row_end[r] > kend ? job.row_end[r] : kend;
+    }
+    if (kend > job.ke) kend = job.ke;
+
+    for (std::int64_t t0 = job.kb; t0 < kend; t0 += tile) {
+        const int n = int(kend - t0 < tile ? kend - t0 : tile);
+        for (int j = 0; j < tile; ++j) {
+            if (j < n) {
+                const std::int64_t off = src.map.token_offset(t0 + j, src.token_stride);
+                const std::int64_t voff =
+                    src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
+                for (int hh = 0; hh < nh; ++hh) {
+                    kptr[hh * tile + j] = src.k + off + hh * src.head_stride;
+                    vptr[hh * tile + j] = src.v + voff + hh * src.head_stride;
+                }
+            } else {
+                for (int hh = 0; hh < nh; ++hh) kptr[hh * tile + j] = vptr[hh * tile + j] = zero;
+            }
+        }
+        for (int hh = 0; hh < nh; ++hh) {
+            const int r0 = hh * rph, R = rph;
+            std::int64_t blk_end = job.row_end[r0];
+            for (int r = 1; r < R; ++r) blk_end = job.row_end[r0 + r] > blk_end ? job.row_end[r0 + r] : blk_end;
+            if (blk_end <= t0) continue;
+            const float* q = job.q + r0 * job.q_stride;
+            float* Sr = S + std::int64_t(r0) * tile;
+            const T* const* kp = kptr + hh * tile;
+            const T* const* vp = vptr + hh * tile;
+            float* O = job.o + r0 * job.o_stride;
+            if (R == 4) qk_rows_direct<A, 4, T>(q, job.q_stride, kp, dk, tile, Sr, tile);
+            else if (R >= 2) qk_rows_direct<A, 2, T>(q, job.q_stride, kp, dk, tile, Sr, tile);
+            else qk_rows_direct<A, 1, T>(q, job.q_stride, kp, dk, tile, Sr, tile);
+            if (R == 3) qk_rows_direct<A, 1, T>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
+            softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha);
+            if (R == 4) pv_block_direct<A, 4, T>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
+            else if (R >= 2) pv_block_direct<A, 2, T>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
+            else pv_block_direct<A, 1, T>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
+            if (R == 3)
+                pv_block_direct<A, 1, T>(Sr + 2 * tile, tile, alpha + 2, vp, tile, O + 2 * job.o_stride, job.o_stride, dv);
+        }
+    }
 }
 
 /// The kernel of kernel_abi.hpp. DK, DV: compile-time key/value widths or 0 (run time).
@@ -154,6 +336,10 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     const int nr = job.n_rows;
     const int nh = src.n_heads > 0 ? src.n_heads : 1;
     const int rph = nr / nh;  // rows per head
+    if (!v_is_k && rph <= 4 && dk % W == 0 && dv % W == 0 && dk >= 16 && job.direct) {
+        attend_direct<A, T>(src, job);
+        return;
+    }
 
     // Scratch: K tile [tile][nh][dkp], V tile [tile][nh][dvp] (MLA: V = K tile), scores, α.
     const std::int64_t kts = std::int64_t(nh) * dkp;
@@ -196,7 +382,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
         for (int j = 0; j < n; ++j) {
             // Prefetch the next tile's rows: strided and page-crossing reads defeat the hardware
             // prefetchers.
-            if (next + j < kend) {
+            if (job.prefetch && next + j < kend) {
                 const std::int64_t po = src.map.token_offset(next + j, src.token_stride);
                 const char* pk = reinterpret_cast<const char*>(src.k + po);
                 for (std::size_t b = 0; b < k_span; b += 64) __builtin_prefetch(pk + b, 0, 3);
@@ -259,32 +445,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                     else qk_rows<A, 1>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
                 }
                 // ---- online softmax
-                for (int r = r0; r < r0 + R; ++r) {
-                    float* s = S + std::int64_t(r) * tile;
-                    std::int64_t lim = job.row_end[r] - t0;
-                    lim = lim < 0 ? 0 : (lim > n ? n : lim);
-                    for (std::int64_t j = lim; j < tile; ++j) s[j] = ninf;
-                    vf<A> mx(ninf);
-                    for (int j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
-                    const float tmax = simd::hmax<A>(mx);
-                    const float mnew = tmax > job.m[r] ? tmax : job.m[r];
-                    if (mnew == ninf) {
-                        alpha[r - r0] = 1.f;
-                        for (int j = 0; j < tile; ++j) s[j] = 0.f;
-                        continue;
-                    }
-                    const float a = std::exp2(job.m[r] - mnew);
-                    const vf<A> mv(mnew);
-                    vf<A> sum(0.f);
-                    for (int j = 0; j < tile; j += W) {
-                        const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
-                        p.store_unaligned(s + j);
-                        sum += p;
-                    }
-                    job.l[r] = job.l[r] * a + simd::hsum<A>(sum);
-                    job.m[r] = mnew;
-                    alpha[r - r0] = a;
-                }
+                softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha);
                 // ---- O = α O + P V
                 float* O = job.o + r0 * job.o_stride;
                 if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);

@@ -16,6 +16,7 @@
 //   MLA helpers and prefill (cpu/mla.hpp)
 //     absorb_query(q_nope, q_pe, kv_b, d_v, q_abs)     q_abs = [W_UK^iᵀ q_nope_i | q_pe_i]
 //     apply_uv(latent, kv_b, d_nope, out)              out_i = W_UV^i · latent_i
+//     apply_uv_o(latent, kv_b, d_nope, w_o, y)         y = W_O · concat_i(W_UV^i · latent_i)
 //     mla_prefill(q_nope, q_pe, cache, kv_b, scale, out [T][H][d_v], lse, MlaOrder, opt)
 //                 naive (decompressed) or absorbed order, chosen per call by a cost model
 //   Threading (DESIGN §3): the library never starts threads.
@@ -33,4 +34,5 @@
 
 #include "transmla/cpu/attention.hpp"
 #include "transmla/cpu/dispatch.hpp"
+#include "transmla/cpu/mla.hpp"
 #include "transmla/cpu/plan.hpp"

@@ -48,6 +48,8 @@ struct AttendJob {
     const std::int64_t* row_end = nullptr;  ///< per row: keys j < row_end[r] are visible
     std::int64_t kb = 0, ke = 0;         ///< key range of this job
     int tile = 32;                       ///< keys per tile: a multiple of 16
+    bool prefetch = true;                ///< software-prefetch the next tile's rows
+    bool direct = true;                  ///< allow the streaming variant (≤ 4 rows per KV head)
     float* o = nullptr;                  ///< [n_rows][o_stride] out: unnormalised accumulators
     std::int64_t o_stride = 0;           ///< ≥ round_up(dv, 16)
     float* m = nullptr;                  ///< [n_rows] out: running max (base 2), −inf if no key

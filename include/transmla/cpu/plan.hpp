@@ -40,6 +40,8 @@ struct Options {
     int head_block = 0;          ///< MLA: heads per group
     std::int64_t kv_chunk = 0;   ///< split-KV chunk length (0: derived from num_workers)
     int num_workers = 0;         ///< threads the plan is cut for (0: OpenMP max threads, or 1)
+    int prefetch = -1;           ///< software prefetch of the next key tile: 1 on, 0 off, −1 automatic
+    int direct = -1;             ///< streaming kernel for ≤ 4 rows per KV head: 0 off, else automatic
 };
 
 namespace detail {
@@ -78,6 +80,7 @@ public:
     std::int64_t size() const noexcept { return std::int64_t(items_.size()); }
     const Item& item(std::int64_t i) const noexcept { return items_[std::size_t(i)]; }
     Isa isa() const noexcept { return isa_; }
+    bool prefetch() const noexcept { return prefetch_; }
     int tile() const noexcept { return tile_; }
 
     /// Cuts `groups` into items for `workers` threads.
@@ -87,6 +90,8 @@ public:
         int tile = 64;
         for (const auto& g : groups) tile = std::min(tile, detail::default_tile(g.dk, g.dv, g.v_is_k, g.n_heads));
         p.tile_ = opt.tile > 0 ? opt.tile : tile;
+        p.prefetch_ = opt.prefetch != 0;
+        p.direct_ = opt.direct != 0;
         require(p.tile_ % 16 == 0 && p.tile_ <= 1024, "transmla::cpu::Plan: tile must be a multiple of 16 up to 1024, got ",
                 p.tile_);
         const int workers = detail::default_workers(opt.num_workers);
@@ -143,6 +148,8 @@ private:
     std::unique_ptr<std::atomic<int>[]> pending_;
     Isa isa_ = Isa::native;
     int tile_ = 32;
+    bool prefetch_ = true;
+    bool direct_ = true;
 };
 
 namespace detail {
@@ -194,6 +201,8 @@ void Plan::run(const Op& op, std::int64_t i) const {
     job.kb = it.kb;
     job.ke = it.ke;
     job.tile = tile_;
+    job.prefetch = prefetch_;
+    job.direct = direct_;
     job.o = o;
     job.o_stride = os;
     job.m = m;

@@ -3,6 +3,7 @@
 // GCC 12 reports its own _mm512_undefined_* intrinsics as "maybe uninitialized" (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #define TRANSMLA_CPU_KERNEL_NS k_avx512
 #include "transmla/cpu/core.hpp"
