@@ -1,7 +1,8 @@
 // The real SmolLM2-135M-Instruct Q4_1 GGUF (label `model`): its metadata, every tensor
 // dequantised and compared with gguf-py (tests/data/smollm2_tensor_stats.json), and the tokenizer
 // compared with Hugging Face tokenizers on 329 strings and the GPL-3 text
-// (tests/data/smollm2_tokenizer_expectations.json; see tests/data/README.md).
+// (tests/data/smollm2_tokenizer_expectations.json) and with llama.cpp
+// (tests/data/smollm2_tokenizer_llamacpp.json); see tests/data/README.md.
 #include "transmla/io/gguf.hpp"
 #include "transmla/io/tokenizer.hpp"
 
@@ -148,6 +149,30 @@ TEST_CASE("SmolLM2 tokenizer: ids equal Hugging Face tokenizers on the test stri
     }
     CHECK(n == 333);
     CHECK(strip_unknown_bytes(*t, "a\x04\xff") == "a");  // 0x04 and 0xFF have no token in SmolLM2
+}
+
+TEST_CASE("SmolLM2 tokenizer: ids equal llama.cpp's wherever every byte has a token") {
+    // llama.cpp is the second independent implementation. It agrees with HF except where a byte
+    // has no token: HF (and this tokenizer) drop such bytes before merging, llama.cpp after.
+    const Tokenizer* t = model_tokenizer();
+    if (!t) return;
+    const auto j = transmla::test::load_test_json("smollm2_tokenizer_llamacpp.json");
+    MESSAGE("reference: " << j["tool"].get<std::string>());
+    int compared = 0, skipped = 0;
+    for (const auto& c : j["cases"]) {
+        const std::string text = c["text"];
+        CAPTURE(text);
+        if (strip_unknown_bytes(*t, text) != text) {
+            ++skipped;
+            continue;
+        }
+        CHECK(t->encode(text) == c["ids"].get<std::vector<std::int32_t>>());
+        CHECK(t->encode(text, true, true) == c["ids_special"].get<std::vector<std::int32_t>>());
+        ++compared;
+    }
+    MESSAGE(compared << " strings compared with llama.cpp, " << skipped << " with bytes that have no token skipped");
+    CHECK(compared == 329);
+    CHECK(j["differs_from_hf"].size() == 1);  // "!\x04!": the only disagreement, and it has such a byte
 }
 
 TEST_CASE("SmolLM2 tokenizer: the GPL-3 text tokenizes as Hugging Face does" * doctest::timeout(120)) {
