@@ -23,7 +23,8 @@
 
 namespace transmla::test {
 
-/// A fresh file name in the system temp directory, removed (with any leftovers) on destruction.
+/// A fresh file (or directory) name in the system temp directory, removed with its contents on
+/// destruction.
 class TempPath {
 public:
     explicit TempPath(const std::string& suffix) {
@@ -36,7 +37,7 @@ public:
     TempPath& operator=(const TempPath&) = delete;
     ~TempPath() {
         std::error_code ec;
-        std::filesystem::remove(path_, ec);
+        std::filesystem::remove_all(path_, ec);
     }
     const std::string& str() const { return path_; }
     operator const std::string&() const { return path_; }

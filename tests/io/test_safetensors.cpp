@@ -7,6 +7,7 @@
 #include "test_util.hpp"
 
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -261,4 +262,53 @@ TEST_CASE("HF config.json: errors name the file and the field") {
     const std::string good = "{" + base + "}";
     transmla::test::write_bytes(p, std::vector<std::uint8_t>(good.begin(), good.end()));
     CHECK(read_hf_config(p).head_dim == 16);
+}
+
+TEST_CASE("safetensors checkpoint: single file, sharded index, directory") {
+    namespace fs = std::filesystem;
+    TempPath dir("_ckpt");
+    fs::create_directories(dir.str());
+    const auto a = transmla::test::random_vector<float>(6), b = transmla::test::random_vector<float>(4),
+               c = transmla::test::random_vector<float>(3);
+    {
+        SafetensorsWriter w1, w2;
+        w1.add("model.embed_tokens.weight", {2, 3}, a);
+        w1.add("model.norm.weight", {4}, b);
+        w2.add("lm_head.weight", {3}, c);
+        w1.write(dir.str() + "/model-00001-of-00002.safetensors");
+        w2.write(dir.str() + "/model-00002-of-00002.safetensors");
+    }
+    auto write_index = [&](const std::string& text) {
+        transmla::test::write_bytes(dir.str() + "/model.safetensors.index.json",
+                                    std::vector<std::uint8_t>(text.begin(), text.end()));
+    };
+    write_index(R"({"metadata": {"total_size": 52}, "weight_map": {
+        "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+        "model.norm.weight": "model-00001-of-00002.safetensors",
+        "lm_head.weight": "model-00002-of-00002.safetensors"}})");
+    {
+        const SafetensorsCheckpoint ck(dir.str());  // the directory finds the index
+        CHECK(ck.n_shards() == 2);
+        CHECK(ck.names() == std::vector<std::string>{"lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"});
+        CHECK(ck.tensor("model.embed_tokens.weight", {2, 3}) == a);
+        CHECK(ck.tensor("model.norm.weight").data == b);
+        CHECK(ck.tensor("lm_head.weight").data == c);
+        CHECK(ck.info("lm_head.weight").dtype == "F32");
+        check_error([&] { ck.tensor("nope"); }, {"'nope'", "not found"});
+    }
+    {
+        const SafetensorsCheckpoint one(dir.str() + "/model-00002-of-00002.safetensors");
+        CHECK(one.n_shards() == 1);
+        CHECK(one.names() == std::vector<std::string>{"lm_head.weight"});
+    }
+    write_index(R"({"weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}})");
+    check_error([&] { SafetensorsCheckpoint ck(dir.str()); }, {"'model.norm.weight'", "does not contain it"});
+    write_index(R"({"weight_map": {"x": "missing.safetensors"}})");
+    check_error([&] { SafetensorsCheckpoint ck(dir.str()); }, {"missing.safetensors", "cannot open"});
+    write_index(R"({"metadata": {}})");
+    check_error([&] { SafetensorsCheckpoint ck(dir.str()); }, {"weight_map"});
+    fs::remove(dir.str() + "/model.safetensors.index.json");
+    fs::remove(dir.str() + "/model-00001-of-00002.safetensors");
+    fs::remove(dir.str() + "/model-00002-of-00002.safetensors");
+    check_error([&] { SafetensorsCheckpoint ck(dir.str()); }, {dir.str(), "neither"});
 }

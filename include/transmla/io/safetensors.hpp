@@ -19,8 +19,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -271,6 +274,78 @@ private:
     };
     std::vector<Entry> entries_;
     std::map<std::string, std::string> metadata_;
+};
+
+/// A Hugging Face checkpoint in one or several safetensors files. `path` is a .safetensors file,
+/// a `*.safetensors.index.json` (its "weight_map" names the shard of every tensor), or a
+/// directory holding `model.safetensors.index.json` or `model.safetensors`. Shards are mapped
+/// once each; every tensor of the weight map is checked to be in its shard on open.
+class SafetensorsCheckpoint {
+public:
+    explicit SafetensorsCheckpoint(const std::string& path) {
+        namespace fs = std::filesystem;
+        fs::path p(path);
+        if (fs::is_directory(p)) {
+            if (fs::exists(p / "model.safetensors.index.json")) p /= "model.safetensors.index.json";
+            else if (fs::exists(p / "model.safetensors")) p /= "model.safetensors";
+            else fail("safetensors checkpoint: directory '", path, "' has neither model.safetensors.index.json nor model.safetensors");
+        }
+        const std::string name = p.filename().string();
+        if (name.size() > 5 && name.substr(name.size() - 5) == ".json") {
+            std::ifstream f(p);
+            require(f.good(), "safetensors checkpoint: cannot open index '", p.string(), "'");
+            nlohmann::json j;
+            try {
+                j = nlohmann::json::parse(f);
+            } catch (const nlohmann::json::exception& e) {
+                fail("safetensors index '", p.string(), "' does not parse: ", e.what());
+            }
+            if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+                fail("safetensors index '", p.string(), "' has no \"weight_map\" object");
+            std::map<std::string, std::size_t> shard_of_file;
+            for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+                if (!it.value().is_string())
+                    fail("safetensors index '", p.string(), "': weight_map entry '", it.key(), "' is not a file name");
+                const std::string file = (p.parent_path() / it.value().get<std::string>()).string();
+                auto [pos, added] = shard_of_file.emplace(file, shards_.size());
+                if (added) shards_.push_back(std::make_unique<SafetensorsFile>(file));
+                if (!shards_[pos->second]->has(it.key()))
+                    fail("safetensors index '", p.string(), "': tensor '", it.key(), "' is mapped to '", file,
+                         "', which does not contain it");
+                where_.emplace(it.key(), pos->second);
+            }
+        } else {
+            shards_.push_back(std::make_unique<SafetensorsFile>(p.string()));
+            for (const auto& t : shards_[0]->tensors()) where_.emplace(t.name, 0);
+        }
+        path_ = p.string();
+    }
+
+    /// The file (or index) that was opened.
+    const std::string& path() const noexcept { return path_; }
+    std::size_t n_shards() const noexcept { return shards_.size(); }
+    bool has(std::string_view name) const { return where_.count(std::string(name)) != 0; }
+    /// All tensor names, sorted.
+    std::vector<std::string> names() const {
+        std::vector<std::string> out;
+        for (const auto& [k, v] : where_) out.push_back(k);
+        return out;
+    }
+    const SafetensorsFile& shard_of(std::string_view name) const {
+        const auto it = where_.find(std::string(name));
+        if (it == where_.end()) fail("safetensors checkpoint '", path_, "': tensor '", name, "' not found");
+        return *shards_[it->second];
+    }
+    const SafetensorsTensorInfo& info(std::string_view name) const { return shard_of(name).info(name); }
+    SafetensorsTensor tensor(std::string_view name) const { return shard_of(name).tensor(name); }
+    std::vector<float> tensor(std::string_view name, const std::vector<std::int64_t>& expect) const {
+        return shard_of(name).tensor(name, expect);
+    }
+
+private:
+    std::string path_;
+    std::vector<std::unique_ptr<SafetensorsFile>> shards_;
+    std::map<std::string, std::size_t> where_;
 };
 
 }  // namespace transmla::io
