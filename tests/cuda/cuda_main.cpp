@@ -1,5 +1,7 @@
 // doctest main of the CUDA tests: when no usable CUDA device is present it says so and exits
 // with 77 (CTest's SKIP_RETURN_CODE) before running anything. Prints the seed of a failing test.
+// Built with TRANSMLA_CUDA_HOST_EMULATION (test_cuda_emulated) it runs the kernels on the host
+// emulator instead.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "test_util.hpp"
 
@@ -35,6 +37,12 @@ struct CudaSeedListener : doctest::IReporter {
 REGISTER_LISTENER("transmla_cuda_seed", 1, CudaSeedListener);
 
 int main(int argc, char** argv) {
+#if defined(TRANSMLA_CUDA_HOST_EMULATION)
+    std::printf("test_cuda_emulated: running the CUDA kernels on the host emulator of the CUDA execution model "
+                "(tests/cuda/emulation); this checks their logic, not the hardware\n");
+    doctest::Context ectx(argc, argv);
+    return ectx.run();
+#endif
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {

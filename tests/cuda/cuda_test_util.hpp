@@ -31,6 +31,43 @@ struct cuda_type<bfloat16> {
 template <class H>
 using cuda_t = typename cuda_type<H>::type;
 
+/// True when the kernels run on the host emulator of tests/cuda/emulation (smaller test matrices).
+#if defined(TRANSMLA_CUDA_HOST_EMULATION)
+inline constexpr bool emulated = true;
+#else
+inline constexpr bool emulated = false;
+#endif
+
+#if defined(TRANSMLA_CUDA_HOST_EMULATION)
+/// Under the host emulator "device" memory is host memory.
+template <class T>
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(std::size_t n) : v_(n) {}
+    explicit DeviceBuffer(const std::vector<T>& h) : v_(h) {}
+    void upload(const std::vector<T>& h) {
+        REQUIRE(h.size() == v_.size());
+        v_ = h;
+    }
+    std::vector<T> download() const { return v_; }
+    void poison() {
+        if (!v_.empty()) std::memset(static_cast<void*>(v_.data()), 0xFF, v_.size() * sizeof(T));
+    }
+    T* get() const noexcept { return v_.empty() ? nullptr : const_cast<T*>(v_.data()); }
+    template <class U>
+    U* as() const noexcept {
+        static_assert(sizeof(U) == sizeof(T));
+        return reinterpret_cast<U*>(get());
+    }
+    std::size_t size() const noexcept { return v_.size(); }
+
+private:
+    std::vector<T> v_;
+};
+
+inline void sync_checked() {}
+#else
 /// Owning device array of n elements of T (a host-side type of the same size as the device one).
 template <class T>
 class DeviceBuffer {
@@ -84,6 +121,7 @@ inline void sync_checked() {
     TRANSMLA_CUDA_CHECK(cudaGetLastError());
     TRANSMLA_CUDA_CHECK(cudaDeviceSynchronize());
 }
+#endif
 
 /// A NaN of storage type H.
 template <class H>

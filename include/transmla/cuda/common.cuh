@@ -13,6 +13,18 @@
 #include <cstdint>
 #include <type_traits>
 
+// Kernel launches and dynamic shared memory go through these macros so that the tests can also
+// run every kernel on a host emulator of the CUDA execution model (tests/cuda/emulation, built
+// with TRANSMLA_CUDA_HOST_EMULATION defined; never defined in a real build).
+#if defined(TRANSMLA_CUDA_HOST_EMULATION)
+#define TRANSMLA_CUDA_LAUNCH(kernel, grid, block, smem, stream, ...) \
+    ((void)(stream), ::transmla_emu::launch(kernel, grid, block, smem, __VA_ARGS__))
+#define TRANSMLA_CUDA_DYNAMIC_SMEM(name) unsigned char* name = ::transmla_emu::dynamic_smem()
+#else
+#define TRANSMLA_CUDA_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#define TRANSMLA_CUDA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace transmla::cuda::detail {
 
 constexpr int warp_size = 32;
@@ -20,6 +32,9 @@ constexpr int warp_size = 32;
 /// Raises a kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
 template <class Kernel>
 void set_smem(Kernel* k, std::size_t bytes, const char* name) {
+#if defined(TRANSMLA_CUDA_HOST_EMULATION)
+    (void)k, (void)bytes, (void)name;
+#else
     if (bytes <= 48 * 1024) return;
     const cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
     if (e != cudaSuccess) {
@@ -27,6 +42,7 @@ void set_smem(Kernel* k, std::size_t bytes, const char* name) {
         fail("transmla::cuda: ", name, " needs ", bytes, " bytes of shared memory per block, more than this device ",
              "allows (", cudaGetErrorString(e), ")");
     }
+#endif
 }
 constexpr float neg_inf = -__builtin_huge_valf();
 
@@ -108,6 +124,8 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
     }
+#elif defined(TRANSMLA_CUDA_HOST_EMULATION)
+    ::transmla_emu::mma_16816<T>(c, a, b);
 #else
     // Only sm_80 and newer are supported (the build targets sm_80 and sm_90a): never reached there.
     (void)c;
@@ -160,7 +178,8 @@ template <class To>
 void merge_partials(const float* part_o, const float* part_lse, std::int64_t rows, int splits, int dv,
                     const RowOut<To>& out, float* lse_out, cudaStream_t stream) {
     if (rows == 0) return;
-    merge_partials_kernel<To><<<unsigned(rows), 128, 0, stream>>>(part_o, part_lse, splits, dv, out, lse_out);
+    auto* kernel = merge_partials_kernel<To>;
+    TRANSMLA_CUDA_LAUNCH(kernel, unsigned(rows), 128, 0, stream, part_o, part_lse, splits, dv, out, lse_out);
     check_launch("merge_partials_kernel");
 }
 

@@ -151,7 +151,8 @@ void launch_gqa_decode(const GqaDecodeParams<T>& p, const DecodePlan& plan, floa
     const int group = p.n_q / p.n_kv;
     const int row_tiles = (p.q_len * group + gqa_dec_rows - 1) / gqa_dec_rows;
     const dim3 grid(unsigned(plan.splits), unsigned(p.n_kv * row_tiles), unsigned(p.batch));
-    gqa_decode_kernel<T, D><<<grid, 128, 0, stream>>>(p, group, row_tiles, plan.chunk, plan.splits, part_o, part_lse);
+    auto* kernel = gqa_decode_kernel<T, D>;
+    TRANSMLA_CUDA_LAUNCH(kernel, grid, 128, 0, stream, p, group, row_tiles, plan.chunk, plan.splits, part_o, part_lse);
     check_launch("gqa_decode_kernel");
     if (plan.splits > 1)
         merge_partials<T>(part_o, part_lse, plan.rows, plan.splits, D,

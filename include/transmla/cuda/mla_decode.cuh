@@ -33,13 +33,13 @@ struct MlaDecodeSmem {
 
 template <class T, int R, int DR>
 __global__ void __launch_bounds__(128)
-    mla_decode_kernel(MlaDecodeParams<T> p, int row_tiles, std::int64_t chunk, int splits, float* __restrict__ part_o,
+    mla_decode_kernel(MlaDecodeParams<T> p, std::int64_t chunk, int splits, float* __restrict__ part_o,
                       float* __restrict__ part_lse) {
     using L = MlaDecodeSmem<R, DR>;
     constexpr int W = L::W, WP = L::WP, TILE = L::TILE, SP = L::SP, PP = L::PP, M = mla_dec_rows;
     constexpr int DW = R / 4, NT = DW / 8;  // output dims per warp, n-tiles per warp
     static_assert(W % 16 == 0 && R % 32 == 0, "mla_decode_kernel: rank must be a multiple of 32, rank + rope of 16");
-    extern __shared__ __align__(16) unsigned char smem[];
+    TRANSMLA_CUDA_DYNAMIC_SMEM(smem);
     T(*q_s)[WP] = reinterpret_cast<T(*)[WP]>(smem + L::q_off);
     T(*kv_s)[WP] = reinterpret_cast<T(*)[WP]>(smem + L::kv_off);
     float(*s_s)[SP] = reinterpret_cast<float(*)[SP]>(smem + L::s_off);
@@ -212,7 +212,8 @@ void launch_mla_decode(const MlaDecodeParams<T>& p, const DecodePlan& plan, floa
     constexpr std::size_t smem = MlaDecodeSmem<R, DR>::bytes;
     set_smem(mla_decode_kernel<T, R, DR>, smem, "mla_decode_kernel");
     const dim3 grid(unsigned(plan.splits), unsigned(row_tiles), unsigned(p.batch));
-    mla_decode_kernel<T, R, DR><<<grid, 128, smem, stream>>>(p, row_tiles, plan.chunk, plan.splits, part_o, part_lse);
+    auto* kernel = mla_decode_kernel<T, R, DR>;
+    TRANSMLA_CUDA_LAUNCH(kernel, grid, 128, smem, stream, p, plan.chunk, plan.splits, part_o, part_lse);
     check_launch("mla_decode_kernel");
     if (plan.splits > 1)
         merge_partials<T>(part_o, part_lse, plan.rows, plan.splits, R,

@@ -108,14 +108,16 @@ void mla_naive_prefill(const MlaPrefillParams<T>& p, void* workspace, std::size_
                 where, ": cache, kv_b and workspace must be 16-byte aligned and cache_stride_t a multiple of 8");
         const int O = p.heads * (p.nope_dim + p.v_dim);
         const dim3 grid(unsigned((p.kv_len + 63) / 64), unsigned((O + 63) / 64));
-        detail::mla_decompress_kernel<T><<<grid, 128, 0, stream>>>(p.cache, p.cache_stride_t, p.kv_b, p.kv_len, p.heads,
-                                                                   p.rank, p.nope_dim, p.rope_dim, p.v_dim, K, V);
+        auto* decompress = detail::mla_decompress_kernel<T>;
+        TRANSMLA_CUDA_LAUNCH(decompress, grid, 128, 0, stream, p.cache, p.cache_stride_t, p.kv_b, p.kv_len, p.heads,
+                             p.rank, p.nope_dim, p.rope_dim, p.v_dim, K, V);
         detail::check_launch("mla_decompress_kernel");
         if (p.rope_dim > 0) {
             const std::int64_t n = std::int64_t(p.kv_len) * p.heads * p.rope_dim;
             const unsigned blocks = unsigned(std::min<std::int64_t>((n + 255) / 256, 4096));
-            detail::mla_rope_key_kernel<T><<<blocks, 256, 0, stream>>>(p.cache, p.cache_stride_t, p.kv_len, p.heads,
-                                                                       p.rank, p.nope_dim, p.rope_dim, K);
+            auto* rope_key = detail::mla_rope_key_kernel<T>;
+            TRANSMLA_CUDA_LAUNCH(rope_key, blocks, 256, 0, stream, p.cache, p.cache_stride_t, p.kv_len, p.heads, p.rank,
+                                 p.nope_dim, p.rope_dim, K);
             detail::check_launch("mla_rope_key_kernel");
         }
     }

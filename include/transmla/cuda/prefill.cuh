@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(128) prefill_kernel(PrefillParams<T> p, std::i
     using L = PrefillSmem<DQK, DV>;
     constexpr int BM = L::BM, BN = L::BN, QP = L::QP, VP = L::VP, NS = BN / 8, NO = DV / 8;
     static_assert(DQK % 16 == 0 && DV % 16 == 0, "prefill_kernel: head dims must be multiples of 16");
-    extern __shared__ __align__(16) unsigned char smem[];
+    TRANSMLA_CUDA_DYNAMIC_SMEM(smem);
     T(*q_s)[QP] = reinterpret_cast<T(*)[QP]>(smem + L::q_off);
     T(*k_s)[QP] = reinterpret_cast<T(*)[QP]>(smem + L::k_off);
     T(*v_s)[VP] = reinterpret_cast<T(*)[VP]>(smem + L::v_off);
@@ -171,7 +171,8 @@ void launch_prefill(const PrefillParams<T>& p, std::int64_t q_offset, cudaStream
     constexpr std::size_t smem = PrefillSmem<DQK, DV>::bytes;
     set_smem(prefill_kernel<T, DQK, DV>, smem, "prefill_kernel");
     const dim3 grid(unsigned((p.q_len + PrefillSmem<DQK, DV>::BM - 1) / PrefillSmem<DQK, DV>::BM), unsigned(p.n_q));
-    prefill_kernel<T, DQK, DV><<<grid, 128, smem, stream>>>(p, q_offset);
+    auto* kernel = prefill_kernel<T, DQK, DV>;
+    TRANSMLA_CUDA_LAUNCH(kernel, grid, 128, smem, stream, p, q_offset);
     check_launch("prefill_kernel");
 }
 
