@@ -8,6 +8,7 @@
 #include "transmla/convert/linalg.hpp"
 #include "transmla/rope.hpp"
 
+#include <Eigen/Cholesky>
 #include <Eigen/Core>
 
 #include <cmath>
@@ -151,6 +152,26 @@ inline MatrixXd rorope_rotation(const MatrixXd& key_moment, const FreqFoldMap& m
     return m;
 }
 
+/// M·W for the RoRoPE rotation M of `map` (any W with L rows), using M's block structure: the
+/// rows of group a, half s mix only the n_kv·F key rows of that group and half (cost L·n_kv·F
+/// per column instead of L²).
+inline MatrixXd rotate_rows(const FreqFoldMap& map, const MatrixXd& m, const MatrixXd& w) {
+    const int L = map.latent_width(), n = map.group_size();
+    detail::check_matrix(m, L, L, "rotate_rows", "rotation");
+    require(w.rows() == L, "rotate_rows: W has ", w.rows(), " rows, expected L = ", L);
+    MatrixXd out(L, w.cols());
+    MatrixXd wg(n, w.cols()), mg(n, n);
+    for (int a = 0; a < map.G; ++a)
+        for (int s = 0; s < 2; ++s) {
+            for (int phi = 0; phi < n; ++phi) wg.row(phi) = w.row(map.key_index(a, phi, s));
+            for (int pp = 0; pp < n; ++pp)
+                for (int phi = 0; phi < n; ++phi) mg(pp, phi) = m(map.latent_index(pp, a, s), map.key_index(a, phi, s));
+            const MatrixXd prod = mg * wg;
+            for (int pp = 0; pp < n; ++pp) out.row(map.latent_index(pp, a, s)) = prod.row(pp);
+        }
+    return out;
+}
+
 /// Step 2 from the pre-RoPE key moment Σ k̂ k̂ᵀ (L×L, bias included): the partial-RoPE layer.
 /// RoPE is kept on the first d_r latent dims, or on all L when keep_all_rope (with F = 1 that is
 /// exact: the rotation commutes with RoPE).
@@ -171,8 +192,8 @@ inline PartialRopeLayer rorope_from_moment(const GqaLayer& l, const MatrixXd& ke
     p.rotation = rorope_rotation(key_moment, map, &energy);
     p.rope_energy = keep_all_rope ? 1.0 : energy;
     p.wq = l.wq, p.bq = l.bq;
-    p.wk = p.rotation * l.wk;
-    if (l.bk.size()) p.bk = p.rotation * l.bk;
+    p.wk = rotate_rows(map, p.rotation, l.wk);
+    if (l.bk.size()) p.bk = rotate_rows(map, p.rotation, l.bk);
     p.wv = l.wv, p.bv = l.bv, p.wo = l.wo;
     p.alpha = 1.0;
     return p;
@@ -263,59 +284,131 @@ inline void joint_matrix(const PartialRopeLayer& p, MatrixXd& a, VectorXd& b) {
 }
 }  // namespace detail
 
-/// Step 4 at rank r (1 ≤ r ≤ 2L − d_r) on the statistics of the partial-RoPE model (its layer
-/// must already carry its α). Large problems use the subspace iteration on the operator
-/// A H Aᵀ without forming it when that is cheaper.
-inline JointPca joint_pca(const PartialRopeLayer& p, const CalibrationStats& stats, int r, SubspaceOptions opt = {}) {
+/// The second moment H_z of z = [k̃[d_r:] ; v̂] of a partial-RoPE layer (at the layer's current
+/// α), either explicit (n×n) or as a factor B (n×m, H_z = B Bᵀ, m = D+1) when n > m: the one
+/// expensive product of steps 3–4, computed once and shared by α, the PCA and the errors.
+struct JointMoment {
+    int n = 0, nk = 0;        ///< width 2L − d_r, of which nk = L − d_r key dims
+    MatrixXd h;               ///< explicit H_z (empty when factored)
+    MatrixXd b;               ///< factor B (empty when explicit)
+    VectorXd diag;            ///< diag H_z
+
+    bool factored() const noexcept { return b.size() > 0; }
+    /// Rescales the key part by f (z_k → f·z_k), as balancing by α does with f = α_old/α_new.
+    void scale_keys(double f) {
+        if (factored()) b.topRows(nk) *= f;
+        else {
+            h.topRows(nk) *= f;
+            h.leftCols(nk) *= f;
+        }
+        diag.head(nk) *= f * f;
+    }
+    /// H_z x.
+    MatrixXd apply(const MatrixXd& x) const {
+        if (factored()) return b * (b.transpose() * x);
+        return h.selfadjointView<Eigen::Lower>() * x;
+    }
+};
+
+/// H_z of the partial-RoPE layer p on `stats` (explicit when 2L − d_r <= D + 1, factored through
+/// a Cholesky factor of the input moment otherwise).
+inline JointMoment joint_moment(const PartialRopeLayer& p, const CalibrationStats& stats) {
+    p.validate();
+    require(stats.hidden() == p.hidden, "joint_moment: statistics have hidden size ", stats.hidden(), ", the layer ",
+            p.hidden);
+    JointMoment jm;
+    MatrixXd a;
+    VectorXd bias;
+    detail::joint_matrix(p, a, bias);
+    jm.nk = p.kv_width() - p.rope_dim;
+    jm.n = int(a.rows());
+    const int m = p.hidden + 1;
+    if (jm.n <= m) {
+        jm.h = stats.project(a, bias);
+        jm.diag = jm.h.diagonal();
+        return jm;
+    }
+    // H_x = C Cᵀ (with the smallest diagonal jitter that makes it positive definite), B = [A | b] C.
+    MatrixXd hx = stats.moment();
+    const double mean_diag = hx.diagonal().mean();
+    Eigen::LLT<MatrixXd> llt;
+    double jitter = 0;
+    for (int attempt = 0;; ++attempt) {
+        llt.compute(hx);
+        if (llt.info() == Eigen::Success) break;
+        require(attempt < 8, "joint_moment: the calibration moment is not positive semi-definite");
+        const double add = (jitter == 0 ? 1e-12 : jitter * 9) * mean_diag;
+        hx.diagonal().array() += add;
+        jitter = jitter == 0 ? 1e-12 : jitter * 10;
+    }
+    MatrixXd aug(jm.n, m);
+    aug.leftCols(p.hidden) = a;
+    if (bias.size()) aug.col(p.hidden) = bias;
+    else aug.col(p.hidden).setZero();
+    jm.b = aug * llt.matrixL();
+    jm.diag = jm.b.rowwise().squaredNorm();
+    return jm;
+}
+
+/// α of step 3 from a joint moment computed at the layer's current α (`alpha_now`).
+inline double bkv_alpha(const JointMoment& jm, int rope_dim, double alpha_now) {
+    require(jm.nk > 0, "bkv_alpha: the layer keeps RoPE on every latent dim; nothing to balance");
+    const int L = jm.n - jm.nk;
+    const double kn = jm.diag.head(jm.nk).cwiseMax(0.0).cwiseSqrt().mean() * alpha_now;
+    const double vn = jm.diag.tail(L - rope_dim).cwiseMax(0.0).cwiseSqrt().mean();
+    require(kn > 0 && vn > 0 && std::isfinite(kn / vn), "bkv_alpha: degenerate statistics (mean key norm ", kn,
+            ", mean value norm ", vn, ")");
+    return kn / vn;
+}
+
+/// Step 4 at rank r from a joint moment of p (at p's α).
+inline JointPca joint_pca(const PartialRopeLayer& p, const JointMoment& jm, int r, SubspaceOptions opt = {}) {
     p.validate();
     const int L = p.kv_width(), nk = L - p.rope_dim, n = nk + L;
+    require(jm.n == n && jm.nk == nk, "joint_pca: the joint moment has width ", jm.n, ", the layer needs ", n);
     require(r >= 1 && r <= n, "rank (r) = ", r, " is not allowed: 1 <= r <= 2L - d_r = ", n, " (L = ", L,
             ", d_r = ", p.rope_dim, ")");
-    require(stats.hidden() == p.hidden, "joint_pca: statistics have hidden size ", stats.hidden(), ", the layer ",
-            p.hidden);
-    MatrixXd a;
-    VectorXd b;
-    detail::joint_matrix(p, a, b);
-    const double m = p.hidden + 1.0, nn = n, bb = std::min<double>(n, r + std::max(32, r / 4));
-    const double explicit_cost = nn * m * m + nn * nn * m / 2 + 15 * nn * nn * bb;
-    const double operator_cost = 15 * (2 * nn * m * bb + m * m * bb);
-    const bool dense = n <= 768 || 3 * r > n || explicit_cost <= operator_cost;
     EigenTop e;
-    MatrixXd hr;  // H_z R
-    const VectorXd hdiag = stats.project_diag(a, b);
-    if (dense) {
-        const MatrixXd hz = stats.project(a, b);
-        e = eigen_top(hz, r, opt);
-        hr = hz.selfadjointView<Eigen::Lower>() * e.vectors;
+    if (!jm.factored()) {
+        e = eigen_top(jm.h, r, opt);
+    } else if (r > jm.b.cols()) {
+        // More directions than the statistic's rank (D + 1): the eigenvalue-0 directions are an
+        // arbitrary orthonormal completion; form H_z explicitly.
+        MatrixXd h = MatrixXd::Zero(n, n);
+        h.selfadjointView<Eigen::Lower>().rankUpdate(jm.b);
+        h.triangularView<Eigen::StrictlyUpper>() = h.transpose();
+        e = eigen_top(h, r, opt);
     } else {
-        MatrixXd aug(n, p.hidden + 1);
-        aug.leftCols(p.hidden) = a;
-        if (b.size()) aug.col(p.hidden) = b;
-        else aug.col(p.hidden).setZero();
-        const MatrixXd hx = stats.moment();
-        auto apply = [&](const MatrixXd& x) {
-            const MatrixXd t = aug.transpose() * x;
-            const MatrixXd u = hx.selfadjointView<Eigen::Lower>() * t;
-            return MatrixXd(aug * u);
-        };
-        e = eigen_top_subspace(apply, n, r, hdiag.sum(), opt);
-        hr = apply(e.vectors);
+        // Top eigenvectors of B Bᵀ from those of the Gram matrix Bᵀ B (m×m, m < n).
+        MatrixXd g = MatrixXd::Zero(jm.b.cols(), jm.b.cols());
+        g.selfadjointView<Eigen::Lower>().rankUpdate(jm.b.transpose());
+        g.triangularView<Eigen::StrictlyUpper>() = g.transpose();
+        const EigenTop eg = eigen_top(g, r, opt);
+        require(eg.values(r - 1) > 0, "joint_pca: the statistic has rank below r = ", r);
+        e.values = eg.values;
+        e.vectors = jm.b * (eg.vectors * eg.values.cwiseSqrt().cwiseInverse().asDiagonal());
+        e.iterations = eg.iterations;
+        e.max_residual = eg.max_residual;
     }
+    const MatrixXd hr = jm.apply(e.vectors);
     JointPca out;
     out.rank = r;
     out.basis = e.vectors;
     out.eigenvalues = e.values;
-    out.total_energy = hdiag.sum();
-    out.key_energy = hdiag.head(nk).sum();
-    out.value_energy = hdiag.tail(L).sum();
+    out.total_energy = jm.diag.sum();
+    out.key_energy = jm.diag.head(nk).sum();
+    out.value_energy = jm.diag.tail(L).sum();
     out.iterations = e.iterations;
     out.max_residual = e.max_residual;
     // diag of (I−P) H (I−P) = diag H − 2 rowsum(R∘HR) + rowsum((R T)∘R), T = Rᵀ H R.
     const MatrixXd t = e.vectors.transpose() * hr;
-    const VectorXd err = hdiag - 2.0 * e.vectors.cwiseProduct(hr).rowwise().sum() +
+    const VectorXd err = jm.diag - 2.0 * e.vectors.cwiseProduct(hr).rowwise().sum() +
                          (e.vectors * t).cwiseProduct(e.vectors).rowwise().sum();
     out.key_error = err.head(nk).sum();
     out.value_error = err.tail(L).sum();
+    MatrixXd a;
+    VectorXd b;
+    detail::joint_matrix(p, a, b);
     out.w_dkv = e.vectors.transpose() * a;
     if (b.size()) out.b_dkv = e.vectors.transpose() * b;
     // Up projection B R_r, head i: k rows S̃_i[:, d_r:] R_r[:nk], v rows R_r[nk + γ(i)·d : +d].
@@ -323,11 +416,21 @@ inline JointPca joint_pca(const PartialRopeLayer& p, const CalibrationStats& sta
     out.kv_b.resize(Eigen::Index(p.n_q) * 2 * d, r);
     for (int i = 0; i < p.n_q; ++i) {
         const int h = i / g;
-        const MatrixXd snope = p.rotation.block(p.rope_dim, Eigen::Index(h) * d, nk, d).transpose() * p.alpha;
-        out.kv_b.middleRows(Eigen::Index(i) * 2 * d, d) = snope * e.vectors.topRows(nk);
+        if (nk > 0) {
+            const MatrixXd snope = p.rotation.block(p.rope_dim, Eigen::Index(h) * d, nk, d).transpose() * p.alpha;
+            out.kv_b.middleRows(Eigen::Index(i) * 2 * d, d) = snope * e.vectors.topRows(nk);
+        } else {
+            out.kv_b.middleRows(Eigen::Index(i) * 2 * d, d).setZero();
+        }
         out.kv_b.middleRows(Eigen::Index(i) * 2 * d + d, d) = e.vectors.middleRows(nk + Eigen::Index(h) * d, d);
     }
     return out;
+}
+
+/// Step 4 at rank r (1 ≤ r ≤ 2L − d_r) on the statistics of the partial-RoPE model (its layer
+/// must already carry its α).
+inline JointPca joint_pca(const PartialRopeLayer& p, const CalibrationStats& stats, int r, SubspaceOptions opt = {}) {
+    return joint_pca(p, joint_moment(p, stats), r, opt);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -477,8 +580,13 @@ inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const Calibrati
     partial.validate();
     PartialRopeLayer p = partial;
     const int L = p.kv_width();
-    if (o.balance && p.rope_dim < L) p = balance_kv(p, bkv_alpha(p, after));
-    const JointPca pca = joint_pca(p, after, r);
+    JointMoment jm = joint_moment(p, after);  // one product, shared by α and the PCA
+    if (o.balance && p.rope_dim < L) {
+        const double alpha = bkv_alpha(jm, p.rope_dim, p.alpha);
+        jm.scale_keys(p.alpha / alpha);
+        p = balance_kv(p, alpha);
+    }
+    const JointPca pca = joint_pca(p, jm, r);
     const MlaQuery q = build_query(p, o.q_lora_rank, &after);
     MlaLayer m = assemble(p, pca, q);
     if (report) {
