@@ -17,7 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import gguf
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,6 +30,23 @@ def field_strings(reader, key):
 def field_ints(reader, key):
     f = reader.fields[key]
     return [int(f.parts[i][0]) for i in f.data]
+
+
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def build_llama3(tokens, merges):
+    """SmolLM2's vocabulary behind Llama 3's pre-tokenizer and BPE(ignore_merges=True): exercises
+    the library's llama3 splitting and ignore_merges against HF on a real vocabulary."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=True))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(LLAMA3), behavior="isolated", invert=False),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    return tk
 
 
 def build(tokens, merges, specials):
@@ -112,6 +129,7 @@ def main():
 
     plain = build(tokens, merges, [])          # control tokens are plain text
     special = build(tokens, merges, specials)  # control tokens in the text are matched
+    llama3 = build_llama3(tokens, merges)
 
     cases = []
     for text in FIXED + random_strings(300):
@@ -119,7 +137,8 @@ def main():
         ids_special = special.encode(text, add_special_tokens=False).ids
         if not any(ch in text for ch in "\x04\x13\x14\x16\x1d\U00050000"):
             assert plain.decode(ids) == text, text
-        cases.append({"text": text, "ids": ids, "ids_special": ids_special})
+        ids_llama3 = llama3.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids, "ids_special": ids_special, "ids_llama3": ids_llama3})
 
     gpl = Path("/usr/share/common-licenses/GPL-3")
     files = []

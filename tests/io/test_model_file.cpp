@@ -151,6 +151,27 @@ TEST_CASE("SmolLM2 tokenizer: ids equal Hugging Face tokenizers on the test stri
     CHECK(strip_unknown_bytes(*t, "a\x04\xff") == "a");  // 0x04 and 0xFF have no token in SmolLM2
 }
 
+TEST_CASE("SmolLM2 vocabulary behind the Llama 3 pre-tokenizer and ignore_merges equals HF") {
+    const GgufFile* f = model_file();
+    if (!f) return;
+    TokenizerConfig c;
+    c.tokens = f->meta_strings("tokenizer.ggml.tokens");
+    c.merges = f->meta_strings("tokenizer.ggml.merges");
+    c.pre = PreTokenizer::llama3;
+    c.ignore_merges = true;
+    const Tokenizer t(std::move(c));
+    const auto j = transmla::test::load_test_json("smollm2_tokenizer_expectations.json");
+    int differs_from_smollm = 0;
+    for (const auto& e : j["cases"]) {
+        const std::string text = e["text"];
+        CAPTURE(text);
+        const auto expect = e["ids_llama3"].get<std::vector<std::int32_t>>();
+        CHECK(t.encode(text) == expect);
+        differs_from_smollm += expect != e["ids"].get<std::vector<std::int32_t>>();
+    }
+    CHECK(differs_from_smollm > 0);
+}
+
 TEST_CASE("SmolLM2 tokenizer: ids equal llama.cpp's wherever every byte has a token") {
     // llama.cpp is the second independent implementation. It agrees with HF except where a byte
     // has no token: HF (and this tokenizer) drop such bytes before merging, llama.cpp after.

@@ -17,6 +17,11 @@
 //       every \p{N} code point is first isolated on its own (Hugging Face Digits(individual_digits)),
 //       then the GPT-2 rule runs on each resulting piece separately (end of piece = end of text for
 //       the (?!\S) look-ahead).
+//   "llama-bpe", "llama3", "llama-v3" (Llama 3):
+//       (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//       and BPE "ignore_merges": a piece that is itself a token is emitted whole.
+//   "qwen2", "deepseek-r1-qwen": the Llama 3 rule with \p{N} instead of \p{N}{1,3}.
+// (Case-insensitive contractions fold ASCII letters only.)
 // The splitting is written by hand (no std::regex); \p{L}/\p{N} come from generated Unicode tables.
 // "smollm" is verified token for token against Hugging Face tokenizers (tests/io); the other names
 // of that group follow llama.cpp's grouping of pre-tokenizers. Any other value (including a missing
@@ -57,6 +62,8 @@ enum class TokenType : std::int32_t {
 enum class PreTokenizer {
     gpt2,         ///< the GPT-2 regex
     digits_gpt2,  ///< individual digits, then the GPT-2 regex ("smollm", "starcoder", ...)
+    llama3,       ///< the Llama 3 regex (numbers in groups of up to 3)
+    qwen2,        ///< the Llama 3 regex with single-digit numbers
 };
 
 /// Maps a GGUF tokenizer.ggml.pre value to a PreTokenizer; throws listing the supported values.
@@ -65,8 +72,11 @@ inline PreTokenizer pre_tokenizer_from_name(std::string_view pre) {
     if (pre == "smollm" || pre == "starcoder" || pre == "refact" || pre == "codeshell" || pre == "exaone" ||
         pre == "minerva" || pre == "command-r")
         return PreTokenizer::digits_gpt2;
+    if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3") return PreTokenizer::llama3;
+    if (pre == "qwen2" || pre == "deepseek-r1-qwen") return PreTokenizer::qwen2;
     fail("tokenizer: unsupported pre-tokenizer '", pre,
-         "'; supported: gpt2, smollm, starcoder, refact, codeshell, exaone, minerva, command-r");
+         "'; supported: gpt2, smollm, starcoder, refact, codeshell, exaone, minerva, command-r, llama-bpe, llama3, "
+         "llama-v3, qwen2, deepseek-r1-qwen");
 }
 
 /// Everything a Tokenizer is built from (what the GGUF holds).
@@ -78,6 +88,7 @@ struct TokenizerConfig {
     std::int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;  ///< -1: none
     bool add_bos = false;  ///< prepend BOS when encode(..., add_special = true)
     bool add_eos = false;  ///< append EOS when encode(..., add_special = true)
+    bool ignore_merges = false;  ///< a pre-token that is itself in the vocabulary is not merged (Llama 3)
 };
 
 class Tokenizer {
@@ -130,6 +141,8 @@ private:
     }
     void split_gpt2(const std::vector<CodePoint>& cps, std::size_t b, std::size_t e, std::string_view text,
                     std::vector<std::string_view>& out) const;
+    void split_llama3(const std::vector<CodePoint>& cps, std::string_view text, std::size_t max_digits,
+                      std::vector<std::string_view>& out) const;
     void pre_split(std::string_view text, std::vector<std::string_view>& out) const;
     void bpe(std::string_view piece, std::vector<std::int32_t>& out) const;
     void encode_fragment(std::string_view text, std::vector<std::int32_t>& out) const;
@@ -216,6 +229,7 @@ inline Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     c.pad_id = std::int32_t(f.meta_int_or("tokenizer.ggml.padding_token_id", -1));
     c.add_bos = f.meta_bool_or("tokenizer.ggml.add_bos_token", false);
     c.add_eos = f.meta_bool_or("tokenizer.ggml.add_eos_token", false);
+    c.ignore_merges = c.pre == PreTokenizer::llama3;
     try {
         return Tokenizer(std::move(c));
     } catch (const error& e) {
@@ -277,11 +291,95 @@ inline void Tokenizer::split_gpt2(const std::vector<CodePoint>& cps, std::size_t
     }
 }
 
+inline void Tokenizer::split_llama3(const std::vector<CodePoint>& cps, std::string_view text, std::size_t max_digits,
+                                    std::vector<std::string_view>& out) const {
+    const std::size_t e = cps.size();
+    auto cls = [&](std::size_t i) -> char {
+        const CodePoint& c = cps[i];
+        if (!c.valid) return 'O';
+        if (is_letter(c.cp)) return 'L';
+        if (is_number(c.cp)) return 'N';
+        if (is_whitespace(c.cp)) return 'S';
+        return 'O';
+    };
+    auto is_nl = [&](std::size_t i) { return i < e && cps[i].valid && (cps[i].cp == '\r' || cps[i].cp == '\n'); };
+    auto is_ci = [&](std::size_t i, char lower) {  // ASCII letter, either case
+        return i < e && cps[i].valid && (cps[i].cp == std::uint32_t(lower) || cps[i].cp == std::uint32_t(lower - 32));
+    };
+    auto emit = [&](std::size_t from, std::size_t to) {
+        const std::size_t bo = cps[from].offset, eo = cps[to - 1].offset + cps[to - 1].length;
+        out.push_back(text.substr(bo, eo - bo));
+    };
+    std::size_t i = 0;
+    while (i < e) {
+        // (?i:'s|'t|'re|'ve|'m|'ll|'d)
+        if (cps[i].valid && cps[i].cp == '\'') {
+            if (is_ci(i + 1, 's') || is_ci(i + 1, 't') || is_ci(i + 1, 'm') || is_ci(i + 1, 'd')) {
+                emit(i, i + 2);
+                i += 2;
+                continue;
+            }
+            if ((is_ci(i + 1, 'r') && is_ci(i + 2, 'e')) || (is_ci(i + 1, 'v') && is_ci(i + 2, 'e')) ||
+                (is_ci(i + 1, 'l') && is_ci(i + 2, 'l'))) {
+                emit(i, i + 3);
+                i += 3;
+                continue;
+            }
+        }
+        const char k = cls(i);
+        // [^\r\n\p{L}\p{N}]?\p{L}+
+        if (k == 'L' || (k != 'N' && !is_nl(i) && i + 1 < e && cls(i + 1) == 'L')) {
+            std::size_t end = i + 1;
+            while (end < e && cls(end) == 'L') ++end;
+            emit(i, end);
+            i = end;
+            continue;
+        }
+        // \p{N}{1,max_digits}
+        if (k == 'N') {
+            std::size_t end = i + 1;
+            while (end < e && end - i < max_digits && cls(end) == 'N') ++end;
+            emit(i, end);
+            i = end;
+            continue;
+        }
+        // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+        const std::size_t j = (cps[i].valid && cps[i].cp == ' ') ? i + 1 : i;
+        if (j < e && cls(j) == 'O') {
+            std::size_t end = j + 1;
+            while (end < e && cls(end) == 'O') ++end;
+            while (is_nl(end)) ++end;
+            emit(i, end);
+            i = end;
+            continue;
+        }
+        // here cps[i] is whitespace: '\s*[\r\n]+' up to the run's last line break, else
+        // '\s+(?!\S)|\s+' as in GPT-2
+        std::size_t end = i;
+        while (end < e && cls(end) == 'S') ++end;
+        std::size_t last_nl = end;
+        for (std::size_t t = i; t < end; ++t)
+            if (is_nl(t)) last_nl = t;
+        if (last_nl < end) {
+            emit(i, last_nl + 1);
+            i = last_nl + 1;
+            continue;
+        }
+        if (end < e && end - i >= 2) --end;
+        emit(i, end);
+        i = end;
+    }
+}
+
 inline void Tokenizer::pre_split(std::string_view text, std::vector<std::string_view>& out) const {
     if (text.empty()) return;
     const std::vector<CodePoint> cps = utf8_decode(text);
     if (cfg_.pre == PreTokenizer::gpt2) {
         split_gpt2(cps, 0, cps.size(), text, out);
+        return;
+    }
+    if (cfg_.pre == PreTokenizer::llama3 || cfg_.pre == PreTokenizer::qwen2) {
+        split_llama3(cps, text, cfg_.pre == PreTokenizer::llama3 ? 3 : 1, out);
         return;
     }
     // digits_gpt2: isolate each \p{N}, run GPT-2 on the stretches between them
@@ -303,6 +401,14 @@ inline std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) c
 }
 
 inline void Tokenizer::bpe(std::string_view piece, std::vector<std::int32_t>& out) const {
+    if (cfg_.ignore_merges) {
+        std::string whole;
+        for (const char ch : piece) whole += byte_to_char_[static_cast<unsigned char>(ch)];
+        if (const auto it = vocab_.find(whole); it != vocab_.end()) {
+            out.push_back(it->second);
+            return;
+        }
+    }
     // symbols: substrings of the byte-mapped text, kept in a doubly linked list
     std::string mapped;
     struct Sym {
