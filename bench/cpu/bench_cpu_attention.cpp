@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -53,15 +54,22 @@ cpu::Options bench_options(int threads) {
     if (const char* e = std::getenv("TRANSMLA_BENCH_QTILE")) o.q_tile = std::atoi(e);
     if (const char* e = std::getenv("TRANSMLA_BENCH_HEADBLOCK")) o.head_block = std::atoi(e);
     if (const char* e = std::getenv("TRANSMLA_BENCH_DIRECT")) o.direct = std::atoi(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_TRANSPOSED")) o.transposed = std::atoi(e);
     return o;
 }
 
+/// Fast pseudo-random fill (uniform with standard deviation sd): caches of up to a GB are built
+/// per case, so std::normal_distribution would dominate the run.
 template <class T>
 std::vector<T> random_data(std::size_t n, float sd, unsigned seed) {
-    std::mt19937 g(seed);
-    std::normal_distribution<float> d(0.f, sd);
+    std::uint64_t x = 0x9E3779B97F4A7C15ull * (seed + 1);
     std::vector<T> v(n);
-    for (auto& x : v) x = from_float<T>(d(g));
+    for (auto& e : v) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        e = from_float<T>((float(x >> 40) * (1.f / 16777216.f) - 0.5f) * 3.4641f * sd);
+    }
     return v;
 }
 
@@ -176,6 +184,31 @@ void bm_gqa_prefill(benchmark::State& st, int nq, int nkv, int d, std::int64_t l
     st.SetLabel(std::string(cpu::isa_name(plan.isa())) + " items=" + std::to_string(plan.size()));
 }
 
+// ---- MLA prefill: naive vs absorbed order (DeepSeek-V2-Lite-like heads: 16 × (128 + 64), v 128, r 512) ---
+
+template <class T>
+void bm_mla_prefill(benchmark::State& st, cpu::MlaOrder order, std::int64_t nt, std::int64_t len, int threads) {
+    set_threads(threads);
+    const int H = 16, dn = 128, dr = 64, dv = 128, r = 512, w = r + dr;
+    const auto rows = random_data<T>(std::size_t(len) * w, 1.f, 31);
+    const auto qn = random_data<T>(std::size_t(nt) * H * dn, 0.3f, 32);
+    const auto qp = random_data<T>(std::size_t(nt) * H * dr, 0.3f, 33);
+    const auto kv_b = random_data<float>(std::size_t(H) * (dn + dv) * r, 0.05f, 34);
+    std::vector<float> out(std::size_t(nt) * H * dv);
+    const MlaSeqView<T> view{rows.data(), r, dr, len, w, PageMap{}};
+    const cpu::Options opt = bench_options(threads);
+    cpu::MlaOrder used = order;
+    for (auto _ : st) {
+        used = cpu::mla_prefill(View3<const T>(qn.data(), {nt, H, dn}), View3<const T>(qp.data(), {nt, H, dr}), view,
+                                View2<const float>(kv_b.data(), {std::int64_t(H) * (dn + dv), r}), 0.072f,
+                                View3<float>(out.data(), {nt, H, dv}), {}, order, opt);
+        benchmark::DoNotOptimize(out.data());
+    }
+    const auto cost = cpu::mla_prefill_cost(nt, len, H, dn, dr, dv, r);
+    st.counters["model_naive/absorbed"] = cost.naive / cost.absorbed;
+    st.SetLabel(std::string(cpu::mla_order_name(used)));
+}
+
 // ---- side by side: Llama-2-7B layer before (MHA 32/32/128) and after (MLA 32 × 512+64) ----------
 
 template <class T>
@@ -278,6 +311,11 @@ void register_type() {
         for (std::int64_t len : {512, 2048})
             reg("gqa_prefill/32x8x128/" + tn + "/len:" + std::to_string(len) + "/thr:" + std::to_string(thr),
                 [=](benchmark::State& st) { bm_gqa_prefill<T>(st, 32, 8, 128, len, thr); });
+        for (auto [nt, len] : {std::pair<std::int64_t, std::int64_t>{16, 4096}, {512, 512}, {2048, 2048}})
+            for (auto order : {cpu::MlaOrder::naive, cpu::MlaOrder::absorbed, cpu::MlaOrder::automatic})
+                reg("mla_prefill/16x(128+64)r512/" + tn + "/T:" + std::to_string(nt) + "/ctx:" + std::to_string(len) +
+                        "/" + std::string(cpu::mla_order_name(order)) + "/thr:" + std::to_string(thr),
+                    [=](benchmark::State& st) { bm_mla_prefill<T>(st, order, nt, len, thr); });
         reg("side_by_side/llama2_7b/" + tn + "/ctx:8192/thr:" + std::to_string(thr),
             [=](benchmark::State& st) { bm_side_by_side<T>(st, 8192, thr); });
     }

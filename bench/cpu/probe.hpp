@@ -135,7 +135,7 @@ inline Ceilings measure_ceilings(int threads) {
         double best = 1e30;
         const bool avx512 = f.avx512, avx2 = f.avx2 && f.fma;
         const int lanes_x_acc = avx512 ? 16 * 16 : (avx2 ? 8 * 12 : 16);
-        for (int rep = 0; rep < 3; ++rep) {
+        for (int rep = 0; rep < 5; ++rep) {
             const double t = detail::timed_parallel(threads, [&](int id) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
                 if (avx512) sink = detail::fma_loop_avx512(iters, float(id));

@@ -123,7 +123,7 @@ public:
         require(std::isfinite(a.scale) && a.scale > 0.f, who, ": scale must be positive and finite, got ", a.scale);
         const auto off = RowGroups::offsets(a.q_indptr, batch, a.q.size(0), who);
         require(a.q_offset < 0 || batch == 1, who, ": q_offset is for a single sequence");
-        const int qt = opt.q_tile > 0 ? opt.q_tile : std::max(1, 128 / g_);  // ~128 rows per prefill group
+        const int qt = opt.q_tile > 0 ? opt.q_tile : std::max(1, 256 / g_);  // ~256 rows per prefill group
         // Decode-sized calls read a block of KV heads per group (one contiguous span per token,
         // about 8 KB of f32 K and V); prefill-sized ones one KV head per group.
         const int hb_decode = std::clamp(8192 / (8 * int(round_up(d_, 16))), 1, n_kv_);

@@ -153,6 +153,54 @@ inline void pv_block(const float* P, std::int64_t ps, const float* alpha, const 
     }
 }
 
+/// QK against a transposed key tile Kt [dkp][tile]: R rows × NJ vectors of keys accumulate in
+/// registers with the query element broadcast, no horizontal sums (the many-row case: MLA heads,
+/// prefill tiles). Scores go to S[r][j0 ...].
+template <class A, int R, int NJ>
+inline void qk_rows_t(const float* q, std::int64_t qs, const float* Kt, int tile, int dk, int j0, float* S,
+                      std::int64_t ss) {
+    constexpr int W = width<A>;
+    vf<A> acc[R][NJ];
+    for (int r = 0; r < R; ++r)
+        for (int n = 0; n < NJ; ++n) acc[r][n] = vf<A>(0.f);
+    const float* kp = Kt + j0;
+#pragma GCC unroll 2
+    for (int c = 0; c < dk; ++c) {
+        vf<A> kv[NJ];
+        for (int n = 0; n < NJ; ++n) kv[n] = vf<A>::load_unaligned(kp + std::int64_t(c) * tile + n * W);
+        for (int r = 0; r < R; ++r) {
+            const vf<A> qb(q[r * qs + c]);
+            for (int n = 0; n < NJ; ++n) acc[r][n] = simd::fmadd<A>(qb, kv[n], acc[r][n]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int n = 0; n < NJ; ++n) acc[r][n].store_unaligned(S + r * ss + j0 + n * W);
+}
+
+template <class A, int NJ, int... Rs>
+inline void qk_rows_t_n(int R, std::integer_sequence<int, Rs...>, const float* q, std::int64_t qs, const float* Kt,
+                        int tile, int dk, int j0, float* S, std::int64_t ss) {
+    ((R == Rs + 1 ? (qk_rows_t<A, Rs + 1, NJ>(q, qs, Kt, tile, dk, j0, S, ss), 0) : 0), ...);
+}
+
+/// All rows [0, nr) of one head against a transposed tile.
+template <class A>
+inline void qk_block_t(const float* q, std::int64_t qs, int nr, const float* Kt, int tile, int dk, float* S,
+                       std::int64_t ss) {
+    constexpr int W = width<A>;
+    constexpr int RT = W == 16 ? 12 : 6;  // rows per register block (2 key vectors each)
+    for (int r0 = 0; r0 < nr; r0 += RT) {
+        const int R = nr - r0 < RT ? nr - r0 : RT;
+        int j0 = 0;
+        for (; j0 + 2 * W <= tile; j0 += 2 * W)
+            qk_rows_t_n<A, 2>(R, std::make_integer_sequence<int, RT>{}, q + r0 * qs, qs, Kt, tile, dk, j0,
+                              S + std::int64_t(r0) * ss, ss);
+        for (; j0 < tile; j0 += W)
+            qk_rows_t_n<A, 1>(R, std::make_integer_sequence<int, RT>{}, q + r0 * qs, qs, Kt, tile, dk, j0,
+                              S + std::int64_t(r0) * ss, ss);
+    }
+}
+
 /// QK reading the key rows straight from the cache (storage T widened in registers), for jobs
 /// with at most 4 rows per head: every key element is then loaded and converted exactly once, and
 /// the loads are spread through the FMA stream so memory and arithmetic overlap.
@@ -344,13 +392,17 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     // Scratch: K tile [tile][nh][dkp], V tile [tile][nh][dvp] (MLA: V = K tile), scores, α.
     const std::int64_t kts = std::int64_t(nh) * dkp;
     const std::int64_t vts = v_is_k ? kts : std::int64_t(nh) * dvp;
+    constexpr bool use_bf16_dot = std::is_same_v<T, bfloat16> && simd::has_bf16_dot<A>;
     float* Kb = job.scratch;
     float* Vb = v_is_k ? Kb : Kb + tile * kts;
     float* S = Kb + tile * kts + (v_is_k ? 0 : tile * vts);
+    float* Kt = S;  // transposed K tile [dkp][tile] (one head), when used
+    // Measured (bench_cpu_attention): a win for GQA prefill tiles, a loss for MLA's 576-wide rows.
+    const bool transposed = job.transposed && nh == 1 && rph >= 8 && !use_bf16_dot && !v_is_k;
+    if (transposed) S = Kt + std::int64_t(dkp) * tile;
     float* alpha = S + std::int64_t(nr) * tile;
     float* tail = alpha + round_up(nr, 16);
 
-    constexpr bool use_bf16_dot = std::is_same_v<T, bfloat16> && simd::has_bf16_dot<A>;
     [[maybe_unused]] const int dkp2 = int(round_up(dk, 2 * W));
     [[maybe_unused]] const std::int64_t kts2 = std::int64_t(nh) * dkp2;
     [[maybe_unused]] bfloat16* Kh = reinterpret_cast<bfloat16*>(tail);
@@ -411,10 +463,21 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                 std::memset(static_cast<void*>(Kh + n * kts2), 0, sizeof(bfloat16) * std::size_t((tile - n) * kts2));
         }
 
+        if (transposed)
+            for (int j = 0; j < tile; ++j)
+                for (int c = 0; c < dk; ++c) Kt[std::int64_t(c) * tile + j] = Kb[j * kts + c];
+
         for (int hh = 0; hh < nh; ++hh) {
-            const float* Kt = Kb + hh * dkp;
+            const float* Kh0 = Kb + hh * dkp;
             const float* Vt = Vb + hh * (v_is_k ? dkp : dvp);
             const int rend = (hh + 1) * rph;
+            if (transposed) {  // S for all rows of the head from the first one that sees this tile
+                int ra = hh * rph;
+                while (ra < rend && job.row_end[ra] <= t0) ++ra;
+                if (ra < rend)
+                    qk_block_t<A>(job.q + ra * job.q_stride, job.q_stride, rend - ra, Kt, tile, dk,
+                                  S + std::int64_t(ra) * tile, tile);
+            }
             for (int r0 = hh * rph; r0 < rend;) {
                 const int R = rend - r0 >= 4 ? 4 : (rend - r0 >= 2 ? 2 : 1);
                 std::int64_t blk_end = job.row_end[r0];
@@ -426,7 +489,9 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                 const float* q = job.q + r0 * job.q_stride;
                 float* Sr = S + std::int64_t(r0) * tile;
                 // ---- S = Q Kᵀ
-                if constexpr (use_bf16_dot) {
+                if (transposed) {
+                    // computed above for the whole head
+                } else if constexpr (use_bf16_dot) {
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
                     const bfloat16* qh = Qh + std::int64_t(r0) * dkp2;
                     const bfloat16* kh = Kh + hh * dkp2;
@@ -436,13 +501,13 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
 #endif
                 } else if constexpr (DK > 0) {
                     constexpr int DKP = int((DK + W - 1) / W * W);
-                    if (R == 4) qk_rows_fixed<A, 4, DKP>(q, job.q_stride, Kt, kts, tile, Sr, tile);
-                    else if (R == 2) qk_rows_fixed<A, 2, DKP>(q, job.q_stride, Kt, kts, tile, Sr, tile);
-                    else qk_rows_fixed<A, 1, DKP>(q, job.q_stride, Kt, kts, tile, Sr, tile);
+                    if (R == 4) qk_rows_fixed<A, 4, DKP>(q, job.q_stride, Kh0, kts, tile, Sr, tile);
+                    else if (R == 2) qk_rows_fixed<A, 2, DKP>(q, job.q_stride, Kh0, kts, tile, Sr, tile);
+                    else qk_rows_fixed<A, 1, DKP>(q, job.q_stride, Kh0, kts, tile, Sr, tile);
                 } else {
-                    if (R == 4) qk_rows<A, 4>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
-                    else if (R == 2) qk_rows<A, 2>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
-                    else qk_rows<A, 1>(q, job.q_stride, Kt, kts, dkp, tile, Sr, tile);
+                    if (R == 4) qk_rows<A, 4>(q, job.q_stride, Kh0, kts, dkp, tile, Sr, tile);
+                    else if (R == 2) qk_rows<A, 2>(q, job.q_stride, Kh0, kts, dkp, tile, Sr, tile);
+                    else qk_rows<A, 1>(q, job.q_stride, Kh0, kts, dkp, tile, Sr, tile);
                 }
                 // ---- online softmax
                 softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha);

@@ -50,6 +50,7 @@ struct AttendJob {
     int tile = 32;                       ///< keys per tile: a multiple of 16
     bool prefetch = true;                ///< software-prefetch the next tile's rows
     bool direct = true;                  ///< allow the streaming variant (≤ 4 rows per KV head)
+    bool transposed = true;              ///< allow the transposed-K QK micro-kernel (≥ 8 rows per head)
     float* o = nullptr;                  ///< [n_rows][o_stride] out: unnormalised accumulators
     std::int64_t o_stride = 0;           ///< ≥ round_up(dv, 16)
     float* m = nullptr;                  ///< [n_rows] out: running max (base 2), −inf if no key
@@ -62,7 +63,7 @@ constexpr std::int64_t round_up(std::int64_t x, std::int64_t m) noexcept { retur
 /// Floats of scratch an AttendJob needs (for any ISA).
 constexpr std::int64_t scratch_floats(int dk, int dv, bool v_is_k, int n_rows, int tile, int n_heads) noexcept {
     const std::int64_t dkp = round_up(dk, 32) * n_heads, dvp = round_up(dv, 32) * n_heads;
-    return tile * dkp + (v_is_k ? 0 : tile * dvp) + std::int64_t(n_rows) * tile + round_up(n_rows, 16) +
+    return 2 * tile * dkp + (v_is_k ? 0 : tile * dvp) + std::int64_t(n_rows) * tile + round_up(n_rows, 16) +
            tile * dkp / 2 + round_up(n_rows, 16) * round_up(dk, 32) / 2 + 64;
 }
 

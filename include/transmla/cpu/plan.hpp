@@ -42,6 +42,7 @@ struct Options {
     int num_workers = 0;         ///< threads the plan is cut for (0: OpenMP max threads, or 1)
     int prefetch = -1;           ///< software prefetch of the next key tile: 1 on, 0 off, −1 automatic
     int direct = -1;             ///< streaming kernel for ≤ 4 rows per KV head: 0 off, else automatic
+    int transposed = -1;         ///< transposed-K QK kernel for ≥ 8 rows per head: 0 off, else automatic
 };
 
 namespace detail {
@@ -92,6 +93,7 @@ public:
         p.tile_ = opt.tile > 0 ? opt.tile : tile;
         p.prefetch_ = opt.prefetch != 0;
         p.direct_ = opt.direct != 0;
+        p.transposed_ = opt.transposed != 0;
         require(p.tile_ % 16 == 0 && p.tile_ <= 1024, "transmla::cpu::Plan: tile must be a multiple of 16 up to 1024, got ",
                 p.tile_);
         const int workers = detail::default_workers(opt.num_workers);
@@ -150,6 +152,7 @@ private:
     int tile_ = 32;
     bool prefetch_ = true;
     bool direct_ = true;
+    bool transposed_ = true;
 };
 
 namespace detail {
@@ -203,6 +206,7 @@ void Plan::run(const Op& op, std::int64_t i) const {
     job.tile = tile_;
     job.prefetch = prefetch_;
     job.direct = direct_;
+    job.transposed = transposed_;
     job.o = o;
     job.o_stride = os;
     job.m = m;
