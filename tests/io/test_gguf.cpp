@@ -389,6 +389,7 @@ TEST_CASE("reader: corrupt headers give errors naming what and where") {
     }
     expect(header(1, 0, 0), {"version 1", "offset 4"});
     expect(header(4, 0, 0), {"version 4"});
+    expect(header(0x03000000u, 0, 0), {"big-endian"});
     expect(header(3, 0, 1).str("k").put<std::uint32_t>(13).put<std::uint32_t>(0), {"'k'", "unknown value type 13", "offset 33"});
     expect(header(3, 0, 1).str("k").put<std::uint32_t>(9).put<std::uint32_t>(42).put<std::uint64_t>(0),
            {"'k'", "unknown array element type 42"});

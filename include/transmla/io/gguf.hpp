@@ -11,6 +11,12 @@
 // `ne[0]` is the fastest-varying extent: a 2-D weight with ne = [in, out] is the row-major
 // PyTorch matrix [out][in]. GgufTensorInfo::shape() and dequantize() use the PyTorch order.
 //
+// Usage:
+//     transmla::io::GgufFile f(path);                        // throws transmla::error on a bad file
+//     int layers = int(f.meta_int("llama.block_count"));
+//     std::vector<float> wq = f.dequantize("blk.0.attn_q.weight");   // [out][in], fp32
+//     transmla::io::unpermute_llama_qk(wq, n_heads, head_dim, hidden); // back to HF row order
+//
 // Note for Llama-family models converted by llama.cpp (convert_hf_to_gguf.py): the rows of
 // attn_q.weight and attn_k.weight are permuted per head so that the interleaved ("NORM") RoPE
 // kernel can be used. Within a head of width d, the Hugging Face row j (half-split pairing: j
@@ -470,9 +476,11 @@ inline GgufFile::GgufFile(const std::string& path) : file_(path) {
     version_ = c.read<std::uint32_t>("version");
     if (version_ != 2 && version_ != 3) {
         c.pos = 4;
+        const bool big_endian = version_ == 0x02000000u || version_ == 0x03000000u;
         c.bad(::transmla::detail::concat("unsupported GGUF version ", version_,
-                     version_ == 1 ? " (v1 files are obsolete; re-convert the model)"
-                                   : " (only v2 and v3 little-endian files are read)"));
+                     version_ == 1    ? " (v1 files are obsolete; re-convert the model)"
+                     : big_endian ? " (a big-endian GGUF file; only little-endian files are read)"
+                                  : " (only v2 and v3 little-endian files are read)"));
     }
     const std::uint64_t n_tensors = c.read<std::uint64_t>("tensor count");
     const std::uint64_t n_kv = c.read<std::uint64_t>("metadata count");

@@ -1,6 +1,12 @@
 // transmla/io/tokenizer.hpp — byte-level BPE tokenizer (GPT-2 family) built from the vocabulary in
 // a GGUF file (tokenizer.ggml.model == "gpt2").
 //
+// Usage:
+//     const auto f = transmla::io::GgufFile(path);
+//     const auto tok = transmla::io::Tokenizer::from_gguf(f);
+//     std::vector<std::int32_t> ids = tok.encode("Hello world");   // + BOS if the model asks
+//     std::string text = tok.decode(ids);
+//
 // Encoding: (1) special tokens are cut out of the text (user-defined tokens always; control tokens
 // such as <|im_start|> only when parse_special is true); (2) each remaining fragment is split by the
 // model's pre-tokenizer; (3) each piece's bytes are mapped to printable code points (GPT-2's
