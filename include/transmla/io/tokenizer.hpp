@@ -29,9 +29,11 @@
 //   "qwen2", "deepseek-r1-qwen": the Llama 3 rule with \p{N} instead of \p{N}{1,3}.
 // (Case-insensitive contractions fold ASCII letters only.)
 // The splitting is written by hand (no std::regex); \p{L}/\p{N} come from generated Unicode tables.
-// "smollm" is verified token for token against Hugging Face tokenizers (tests/io); the other names
-// of that group follow llama.cpp's grouping of pre-tokenizers. Any other value (including a missing
-// key, which llama.cpp treats as its own "default" regex) is rejected rather than guessed.
+// Verified in tests/io: SmolLM2 ("smollm") token for token against Hugging Face tokenizers and
+// llama.cpp; the gpt2 / smollm / llama3 / qwen2 splits piece for piece against Hugging Face on
+// random strings; ignore_merges against Hugging Face on the SmolLM2 vocabulary. The other names
+// follow llama.cpp's grouping of pre-tokenizers. Any other value (including a missing key, which
+// llama.cpp treats as its own "default" regex) is rejected rather than guessed.
 #pragma once
 
 #include "transmla/error.hpp"
