@@ -2,7 +2,9 @@
 // is present. It is included (with TRANSMLA_CUDA_HOST_EMULATION defined) before the kernel
 // headers, which are then compiled by the host compiler:
 //
-// - every CUDA thread of a block is a fiber (ucontext); blocks run one after the other; the
+// - every CUDA thread of a block is a fiber (ucontext stacks, _setjmp/_longjmp switches; the file
+//   that includes this header must not be built with _FORTIFY_SOURCE, whose longjmp check rejects
+//   switching stacks); blocks run one after the other; the
 //   fibers of a block are scheduled cooperatively, switching only at __syncthreads, at warp
 //   shuffles and at mma, so shared memory needs no locking;
 // - __syncthreads is a block barrier; a barrier that can never complete (threads waiting at
@@ -19,6 +21,7 @@
 // own behaviour: running the tests on a GPU remains the verification.
 #pragma once
 
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -68,14 +71,15 @@ using std::min;
 namespace transmla_emu {
 
 struct Fiber {
-    ucontext_t ctx{};
-    bool done = false;
+    ucontext_t ctx{};  // the first entry (on the fiber's own stack)
+    jmp_buf jb{};      // later switches: _setjmp/_longjmp, no system call (swapcontext saves the signal mask)
+    bool started = false, done = false;
 };
 
 struct Block {
     std::vector<Fiber> fibers;
     std::vector<std::unique_ptr<char[]>> stacks;
-    ucontext_t main{};
+    jmp_buf main_jb{};
     int cur = -1, nthreads = 0;
     long progress = 0;  // barrier releases and finished fibers: a scheduler pass without any is a deadlock
     // block barrier
@@ -100,9 +104,10 @@ inline Block& block() {
 
 inline unsigned char* dynamic_smem() { return block().dyn_smem.data(); }
 
-inline void yield() {
+/// From a fiber: back to the scheduler, resuming here when the scheduler switches to it again.
+[[gnu::noinline]] inline void yield() {
     Block& b = block();
-    swapcontext(&b.fibers[std::size_t(b.cur)].ctx, &b.main);
+    if (_setjmp(b.fibers[std::size_t(b.cur)].jb) == 0) _longjmp(b.main_jb, 1);
 }
 
 inline int tid() { return int(threadIdx.x); }
@@ -189,7 +194,20 @@ inline void fiber_entry() {
     b.run_body(b.body);
     b.fibers[std::size_t(b.cur)].done = true;
     ++b.progress;
-    swapcontext(&b.fibers[std::size_t(b.cur)].ctx, &b.main);
+    _longjmp(b.main_jb, 1);  // never resumed
+}
+
+/// From the scheduler: runs fiber i until it yields or finishes.
+[[gnu::noinline]] inline void resume(int i) {
+    Block& b = block();
+    Fiber& f = b.fibers[std::size_t(i)];
+    if (_setjmp(b.main_jb) == 0) {
+        if (!f.started) {
+            f.started = true;
+            setcontext(&f.ctx);
+        }
+        _longjmp(f.jb, 1);
+    }
 }
 
 /// Runs kernel(args...) over the grid, block after block, its threads as fibers.
@@ -232,6 +250,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 blk, std::size_t smem, A&&... 
                 for (int i = 0; i < n; ++i) {
                     Fiber& f = b.fibers[std::size_t(i)];
                     f.done = false;
+                    f.started = false;
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = b.stacks[std::size_t(i)].get();
                     f.ctx.uc_stack.ss_size = stack_bytes;
@@ -245,7 +264,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 blk, std::size_t smem, A&&... 
                         if (b.fibers[std::size_t(i)].done) continue;
                         b.cur = i;
                         threadIdx = uint3{unsigned(i), 0, 0};
-                        swapcontext(&b.main, &b.fibers[std::size_t(i)].ctx);
+                        resume(i);
                         if (b.fibers[std::size_t(i)].done) --live;
                     }
                     if (live > 0 && b.progress == before)
