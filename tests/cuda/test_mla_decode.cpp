@@ -100,7 +100,7 @@ TEST_CASE_TEMPLATE("cuda mla_decode matches the reference latent attention", H, 
     // (the host emulator is slow: shorter sequences and fewer head counts there)
     const std::vector<std::int64_t> lens = emulated ? std::vector<std::int64_t>{4, 7, 70}
                                                     : std::vector<std::int64_t>{4, 7, 113, 1025};
-    const std::vector<int> head_counts = emulated ? std::vector<int>{1, 20} : std::vector<int>{1, 16, 20};
+    const std::vector<int> head_counts = emulated ? std::vector<int>{1, 16, 20} : std::vector<int>{1, 16, 20, 64};
     for (auto [rank, rope] : {std::pair{512, 64}, std::pair{128, 64}})
         for (int heads : head_counts)
             for (int q_len : {1, 4})

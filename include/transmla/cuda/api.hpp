@@ -291,7 +291,9 @@ struct MlaDecodeParams {
 inline constexpr int mla_decode_dims[][2] = {{512, 64}, {128, 64}};
 
 namespace detail {
-constexpr int mla_dec_rows = 16;  ///< query rows (heads × tokens) per decode block: the M of one mma tile
+/// Query rows (heads × tokens) per MLA decode block: 16 (one mma tile, 4 warps) when they fit,
+/// else 64 (4 tiles, 16 warps, sharing each tile of cache rows).
+constexpr int mla_dec_block_rows(int q_len, int heads) { return q_len * heads <= 16 ? 16 : 64; }
 }
 
 /// Plans an mla_decode call (see plan_gqa_decode).
@@ -299,7 +301,8 @@ inline DecodePlan plan_mla_decode(int batch, int q_len, int heads, int rank, std
                                   std::int64_t chunk = 0) {
     require(batch >= 0 && q_len >= 1 && heads >= 1 && rank > 0 && max_len >= 0, "cuda::plan_mla_decode: bad problem batch=",
             batch, " q_len=", q_len, " heads=", heads, " rank=", rank, " max_len=", max_len);
-    const std::int64_t row_tiles = (std::int64_t(q_len) * heads + detail::mla_dec_rows - 1) / detail::mla_dec_rows;
+    const int m = detail::mla_dec_block_rows(q_len, heads);
+    const std::int64_t row_tiles = (std::int64_t(q_len) * heads + m - 1) / m;
     return detail::make_decode_plan(batch, std::int64_t(batch) * q_len * heads, rank, max_len,
                                     std::int64_t(batch) * row_tiles, sm_count, 64, chunk);
 }

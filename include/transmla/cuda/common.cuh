@@ -29,6 +29,18 @@ namespace transmla::cuda::detail {
 
 constexpr int warp_size = 32;
 
+/// Shared memory one block of the current device may use (with the opt-in attribute), in bytes.
+inline std::size_t max_smem_optin() {
+#if defined(TRANSMLA_CUDA_HOST_EMULATION)
+    return std::size_t(1) << 20;
+#else
+    int dev = 0, n = 0;
+    TRANSMLA_CUDA_CHECK(cudaGetDevice(&dev));
+    TRANSMLA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return std::size_t(n);
+#endif
+}
+
 /// Raises a kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
 template <class Kernel>
 void set_smem(Kernel* k, std::size_t bytes, const char* name) {

@@ -6,7 +6,8 @@
 // Semantics: transmla::reference::mla_latent_attention; the arguments are described with
 // MlaDecodeParams in transmla/cuda/api.hpp.
 //
-// Block: 4 warps, 16 query rows (row = t·heads + head), 32 keys per tile, mma.sync m16n8k16:
+// Block: 16 query rows (row = t·heads + head) and 4 warps when heads × tokens ≤ 16, else 64 rows
+// and 16 warps; 32 keys per tile, mma.sync m16n8k16. For each 16-row tile, 4 warps:
 //   1. warp w computes S[:, 8w .. 8w+8) over the whole row width;
 //   2. the block turns S into P with the online softmax (row statistics in shared memory);
 //   3. warp w accumulates O[:, w·r/4 .. (w+1)·r/4) += P · V in registers.
@@ -19,24 +20,28 @@
 namespace transmla::cuda {
 namespace detail {
 
-template <int R, int DR>
+/// Shared memory of a block with RT tiles of 16 query rows.
+template <int R, int DR, int RT>
 struct MlaDecodeSmem {
     static constexpr int W = R + DR, WP = W + 8;  // padded rows: conflict-free fragment loads
-    static constexpr int TILE = 32, SP = TILE + 4, PP = TILE + 8;
+    static constexpr int M = 16 * RT, TILE = 32, SP = TILE + 4, PP = TILE + 8;
     static constexpr std::size_t q_off = 0;
-    static constexpr std::size_t kv_off = q_off + std::size_t(mla_dec_rows) * WP * 2;
+    static constexpr std::size_t kv_off = q_off + std::size_t(M) * WP * 2;
     static constexpr std::size_t s_off = kv_off + std::size_t(TILE) * WP * 2;
-    static constexpr std::size_t p_off = s_off + std::size_t(mla_dec_rows) * SP * 4;
-    static constexpr std::size_t stat_off = p_off + std::size_t(mla_dec_rows) * PP * 2;
-    static constexpr std::size_t bytes = stat_off + 3 * mla_dec_rows * 4;
+    static constexpr std::size_t p_off = s_off + std::size_t(M) * SP * 4;
+    static constexpr std::size_t stat_off = p_off + std::size_t(M) * PP * 2;
+    static constexpr std::size_t bytes = stat_off + 3 * M * 4;
 };
 
-template <class T, int R, int DR>
-__global__ void __launch_bounds__(128)
+/// RT tiles of 16 query rows per block (M = 16·RT rows), 4·RT warps: warp w works on row tile
+/// w / 4; in step 1 on keys 8·(w % 4) .. + 8 of the tile, in step 3 on output dims
+/// (w % 4)·r/4 .. + r/4.
+template <class T, int R, int DR, int RT>
+__global__ void __launch_bounds__(128 * RT)
     mla_decode_kernel(MlaDecodeParams<T> p, std::int64_t chunk, int splits, float* __restrict__ part_o,
                       float* __restrict__ part_lse) {
-    using L = MlaDecodeSmem<R, DR>;
-    constexpr int W = L::W, WP = L::WP, TILE = L::TILE, SP = L::SP, PP = L::PP, M = mla_dec_rows;
+    using L = MlaDecodeSmem<R, DR, RT>;
+    constexpr int W = L::W, WP = L::WP, TILE = L::TILE, SP = L::SP, PP = L::PP, M = L::M;
     constexpr int DW = R / 4, NT = DW / 8;  // output dims per warp, n-tiles per warp
     static_assert(W % 16 == 0 && R % 32 == 0, "mla_decode_kernel: rank must be a multiple of 32, rank + rope of 16");
     TRANSMLA_CUDA_DYNAMIC_SMEM(smem);
@@ -50,13 +55,14 @@ __global__ void __launch_bounds__(128)
 
     const int b = blockIdx.z, rt = blockIdx.y, split = blockIdx.x;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t4 = lane % 4;
+    const int wr = (warp / 4) * 16, wq = warp % 4;  // this warp's row tile (first row) and quarter
     const int H = p.heads, rows_seq = p.q_len * H, row0 = rt * M;
     const std::int64_t len = cache_length(p.layout, b);
     std::int64_t begin, end;
     split_range(len, chunk, split, splits, begin, end);
     const float qscale = p.scale * 1.4426950408889634f;
 
-    // Queries of the 16 rows (zeros past the last row), as stored.
+    // Queries of the M rows (zeros past the last row), as stored.
     for (int i = tid; i < M * W / 2; i += blockDim.x) {
         const int r = i / (W / 2), c = (i % (W / 2)) * 2, lr = row0 + r;
         std::uint32_t x = 0;
@@ -85,23 +91,23 @@ __global__ void __launch_bounds__(128)
         }
         __syncthreads();
 
-        // 1. S[:, 8·warp .. 8·warp + 8) = Q · K_tileᵀ over all W columns.
+        // 1. S[wr .. wr + 16, 8·wq .. 8·wq + 8) = Q · K_tileᵀ over all W columns.
         {
             float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
             for (int kk = 0; kk < W; kk += 16) {
-                const std::uint32_t a[4] = {*reinterpret_cast<const std::uint32_t*>(&q_s[g][kk + 2 * t4]),
-                                            *reinterpret_cast<const std::uint32_t*>(&q_s[g + 8][kk + 2 * t4]),
-                                            *reinterpret_cast<const std::uint32_t*>(&q_s[g][kk + 2 * t4 + 8]),
-                                            *reinterpret_cast<const std::uint32_t*>(&q_s[g + 8][kk + 2 * t4 + 8])};
-                const std::uint32_t bf[2] = {*reinterpret_cast<const std::uint32_t*>(&kv_s[8 * warp + g][kk + 2 * t4]),
-                                             *reinterpret_cast<const std::uint32_t*>(&kv_s[8 * warp + g][kk + 2 * t4 + 8])};
+                const std::uint32_t a[4] = {*reinterpret_cast<const std::uint32_t*>(&q_s[wr + g][kk + 2 * t4]),
+                                            *reinterpret_cast<const std::uint32_t*>(&q_s[wr + g + 8][kk + 2 * t4]),
+                                            *reinterpret_cast<const std::uint32_t*>(&q_s[wr + g][kk + 2 * t4 + 8]),
+                                            *reinterpret_cast<const std::uint32_t*>(&q_s[wr + g + 8][kk + 2 * t4 + 8])};
+                const std::uint32_t bf[2] = {*reinterpret_cast<const std::uint32_t*>(&kv_s[8 * wq + g][kk + 2 * t4]),
+                                             *reinterpret_cast<const std::uint32_t*>(&kv_s[8 * wq + g][kk + 2 * t4 + 8])};
                 mma_16816<T>(c, a, bf);
             }
-            s_s[g][8 * warp + 2 * t4] = c[0];
-            s_s[g][8 * warp + 2 * t4 + 1] = c[1];
-            s_s[g + 8][8 * warp + 2 * t4] = c[2];
-            s_s[g + 8][8 * warp + 2 * t4 + 1] = c[3];
+            s_s[wr + g][8 * wq + 2 * t4] = c[0];
+            s_s[wr + g][8 * wq + 2 * t4 + 1] = c[1];
+            s_s[wr + g + 8][8 * wq + 2 * t4] = c[2];
+            s_s[wr + g + 8][8 * wq + 2 * t4 + 1] = c[3];
         }
         __syncthreads();
 
@@ -141,9 +147,9 @@ __global__ void __launch_bounds__(128)
         }
         __syncthreads();
 
-        // 3. O[:, warp's dims] = O · f + P · V_tile.
+        // 3. O[wr .. wr + 16, warp's dims] = O · f + P · V_tile.
         {
-            const float f0 = f_s[g], f1 = f_s[g + 8];
+            const float f0 = f_s[wr + g], f1 = f_s[wr + g + 8];
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 acc[n][0] *= f0;
@@ -153,14 +159,14 @@ __global__ void __launch_bounds__(128)
             }
 #pragma unroll
             for (int kk = 0; kk < TILE; kk += 16) {
-                const std::uint32_t a[4] = {*reinterpret_cast<const std::uint32_t*>(&p_s[g][kk + 2 * t4]),
-                                            *reinterpret_cast<const std::uint32_t*>(&p_s[g + 8][kk + 2 * t4]),
-                                            *reinterpret_cast<const std::uint32_t*>(&p_s[g][kk + 2 * t4 + 8]),
-                                            *reinterpret_cast<const std::uint32_t*>(&p_s[g + 8][kk + 2 * t4 + 8])};
+                const std::uint32_t a[4] = {*reinterpret_cast<const std::uint32_t*>(&p_s[wr + g][kk + 2 * t4]),
+                                            *reinterpret_cast<const std::uint32_t*>(&p_s[wr + g + 8][kk + 2 * t4]),
+                                            *reinterpret_cast<const std::uint32_t*>(&p_s[wr + g][kk + 2 * t4 + 8]),
+                                            *reinterpret_cast<const std::uint32_t*>(&p_s[wr + g + 8][kk + 2 * t4 + 8])};
                 const int k0 = kk + 2 * t4;
 #pragma unroll
                 for (int n = 0; n < NT; ++n) {
-                    const int col = warp * DW + n * 8 + g;
+                    const int col = wq * DW + n * 8 + g;
                     const std::uint32_t bf[2] = {pack_raw(kv_s[k0][col], kv_s[k0 + 1][col]),
                                                  pack_raw(kv_s[k0 + 8][col], kv_s[k0 + 9][col])};
                     mma_16816<T>(acc[n], a, bf);
@@ -170,23 +176,23 @@ __global__ void __launch_bounds__(128)
     }
     __syncthreads();  // m_s, l_s final (also when this split saw no tile at all)
 
-    // Results: rows g and g + 8 of this lane, dims warp·DW + 8n + 2·t4 (+1).
+    // Results: rows wr + g and wr + g + 8 of this lane, dims wq·DW + 8n + 2·t4 (+1).
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-        const int r = g + 8 * hr, lr = row0 + r;
+        const int r = wr + g + 8 * hr, lr = row0 + r;
         if (lr >= rows_seq) continue;
         const float l = l_s[r];
         const float inv = l > 0.f ? 1.f / l : 0.f;
         const int t = lr / H, head = lr % H;
         const std::int64_t flat = (std::int64_t(b) * p.q_len + t) * H + head;
         if (splits == 1) {
-            T* o = p.out + b * p.out_stride_b + t * p.out_stride_t + head * p.out_stride_h + warp * DW + 2 * t4;
+            T* o = p.out + b * p.out_stride_b + t * p.out_stride_t + head * p.out_stride_h + wq * DW + 2 * t4;
 #pragma unroll
             for (int n = 0; n < NT; ++n)
                 *reinterpret_cast<std::uint32_t*>(o + n * 8) =
                     pack2<T>(acc[n][2 * hr] * inv, acc[n][2 * hr + 1] * inv);
         } else {
-            float* o = part_o + (flat * splits + split) * R + warp * DW + 2 * t4;
+            float* o = part_o + (flat * splits + split) * R + wq * DW + 2 * t4;
 #pragma unroll
             for (int n = 0; n < NT; ++n)
                 *reinterpret_cast<float2*>(o + n * 8) = make_float2(acc[n][2 * hr] * inv, acc[n][2 * hr + 1] * inv);
@@ -205,16 +211,28 @@ __global__ void __launch_bounds__(128)
     }
 }
 
+template <class T, int R, int DR, int RT>
+void launch_mla_decode_rt(const MlaDecodeParams<T>& p, const DecodePlan& plan, float* part_o, float* part_lse,
+                          cudaStream_t stream) {
+    constexpr int M = 16 * RT;
+    const int row_blocks = (p.q_len * p.heads + M - 1) / M;
+    constexpr std::size_t smem = MlaDecodeSmem<R, DR, RT>::bytes;
+    auto* kernel = mla_decode_kernel<T, R, DR, RT>;
+    set_smem(kernel, smem, "mla_decode_kernel");
+    const dim3 grid(unsigned(plan.splits), unsigned(row_blocks), unsigned(p.batch));
+    TRANSMLA_CUDA_LAUNCH(kernel, grid, 128 * RT, smem, stream, p, plan.chunk, plan.splits, part_o, part_lse);
+    check_launch("mla_decode_kernel");
+}
+
 template <class T, int R, int DR>
 void launch_mla_decode(const MlaDecodeParams<T>& p, const DecodePlan& plan, float* part_o, float* part_lse,
                        cudaStream_t stream) {
-    const int row_tiles = (p.q_len * p.heads + mla_dec_rows - 1) / mla_dec_rows;
-    constexpr std::size_t smem = MlaDecodeSmem<R, DR>::bytes;
-    set_smem(mla_decode_kernel<T, R, DR>, smem, "mla_decode_kernel");
-    const dim3 grid(unsigned(plan.splits), unsigned(row_tiles), unsigned(p.batch));
-    auto* kernel = mla_decode_kernel<T, R, DR>;
-    TRANSMLA_CUDA_LAUNCH(kernel, grid, 128, smem, stream, p, plan.chunk, plan.splits, part_o, part_lse);
-    check_launch("mla_decode_kernel");
+    // 16 rows (heads × tokens) per block when they fit, else 64 (one tile load serves 64 rows) where
+    // the device has the shared memory for it (not on the 99 KiB parts, e.g. sm_86 / sm_89).
+    if (mla_dec_block_rows(p.q_len, p.heads) == 64 && max_smem_optin() >= MlaDecodeSmem<R, DR, 4>::bytes)
+        launch_mla_decode_rt<T, R, DR, 4>(p, plan, part_o, part_lse, stream);
+    else
+        launch_mla_decode_rt<T, R, DR, 1>(p, plan, part_o, part_lse, stream);
     if (plan.splits > 1)
         merge_partials<T>(part_o, part_lse, plan.rows, plan.splits, R,
                           RowOut<T>{p.out, p.out_stride_b, p.out_stride_t, p.out_stride_h, p.q_len, p.heads}, p.lse,
