@@ -204,11 +204,12 @@ inline void qk_block_t(const float* q, std::int64_t qs, int nr, const float* Kt,
 /// QK reading the key rows straight from the cache (storage T widened in registers), for jobs
 /// with at most 4 rows per head: every key element is then loaded and converted exactly once, and
 /// the loads are spread through the FMA stream so memory and arithmetic overlap.
-template <class A, int R, class T>
-inline void qk_rows_direct(const float* q, std::int64_t qs, const T* const* krow, int dk, int tile, float* S,
+template <class A, int R, class T, int DK>
+inline void qk_rows_direct(const float* q, std::int64_t qs, const T* const* krow, int dk_rt, int tile, float* S,
                            std::int64_t ss) {
     constexpr int W = width<A>;
     constexpr int NT = W / R;
+    const int dk = DK > 0 ? DK : dk_rt;
     for (int j0 = 0; j0 < tile; j0 += NT) {
         vf<A> acc[W];
         for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
@@ -255,12 +256,12 @@ inline void pv_rows_direct_n(int C, std::integer_sequence<int, Cs...>, const flo
     ((C == Cs + 1 ? (pv_rows_direct<A, R, Cs + 1, T>(P, ps, alpha, vrow, tile, O, os, c0), 0) : 0), ...);
 }
 
-template <class A, int R, class T>
+template <class A, int R, class T, int DV>
 inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, int tile,
-                            float* O, std::int64_t os, int dv) {
+                            float* O, std::int64_t os, int dv_rt) {
     constexpr int W = width<A>;
     constexpr int MAXC = (W == 16 ? 24 : 12) / R;
-    const int nch = dv / W;
+    const int nch = (DV > 0 ? DV : dv_rt) / W;
     const int passes = (nch + MAXC - 1) / MAXC;
     const int C = (nch + passes - 1) / passes;
     for (int c = 0; c < nch; c += C) {
@@ -304,10 +305,10 @@ inline void softmax_rows(const AttendJob& job, float* S, int tile, int r0, int R
 
 /// The streaming variant of attend for ≤ 4 rows per head (GQA decode): no f32 tiles, K and V are
 /// read from the cache inside the micro-kernels. Needs dk, dv multiples of the SIMD width.
-template <class A, class T>
+template <class A, class T, int DK, int DV>
 void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
-    const int dk = src.dk, dv = src.dv;
+    const int dk = DK > 0 ? DK : src.dk, dv = DV > 0 ? DV : src.dv;
     const int tile = job.tile;
     const int nr = job.n_rows;
     const int nh = src.n_heads > 0 ? src.n_heads : 1;
@@ -356,16 +357,16 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
             const T* const* kp = kptr + hh * tile;
             const T* const* vp = vptr + hh * tile;
             float* O = job.o + r0 * job.o_stride;
-            if (R == 4) qk_rows_direct<A, 4, T>(q, job.q_stride, kp, dk, tile, Sr, tile);
-            else if (R >= 2) qk_rows_direct<A, 2, T>(q, job.q_stride, kp, dk, tile, Sr, tile);
-            else qk_rows_direct<A, 1, T>(q, job.q_stride, kp, dk, tile, Sr, tile);
-            if (R == 3) qk_rows_direct<A, 1, T>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
+            if (R == 4) qk_rows_direct<A, 4, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
+            else if (R >= 2) qk_rows_direct<A, 2, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
+            else qk_rows_direct<A, 1, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
+            if (R == 3) qk_rows_direct<A, 1, T, DK>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
             softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha);
-            if (R == 4) pv_block_direct<A, 4, T>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
-            else if (R >= 2) pv_block_direct<A, 2, T>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
-            else pv_block_direct<A, 1, T>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
+            if (R == 4) pv_block_direct<A, 4, T, DV>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
+            else if (R >= 2) pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
+            else pv_block_direct<A, 1, T, DV>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
             if (R == 3)
-                pv_block_direct<A, 1, T>(Sr + 2 * tile, tile, alpha + 2, vp, tile, O + 2 * job.o_stride, job.o_stride, dv);
+                pv_block_direct<A, 1, T, DV>(Sr + 2 * tile, tile, alpha + 2, vp, tile, O + 2 * job.o_stride, job.o_stride, dv);
         }
     }
 }
@@ -385,7 +386,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     const int nh = src.n_heads > 0 ? src.n_heads : 1;
     const int rph = nr / nh;  // rows per head
     if (!v_is_k && rph <= 4 && dk % W == 0 && dv % W == 0 && dk >= 16 && job.direct) {
-        attend_direct<A, T>(src, job);
+        attend_direct<A, T, DK, DV>(src, job);
         return;
     }
 

@@ -13,6 +13,13 @@
 //  * Without it, the kernels are compiled inline for the including TU's own architecture
 //    (xsimd::default_arch: SSE2 by default, AVX2 with -march=haswell, ...): Isa::native.
 // A call can force a level (cpu::Options::isa); forcing one the CPU lacks throws transmla::error.
+// One rule: within one program, either every translation unit that includes transmla/cpu headers
+// is built with dispatch (links the transmla_cpu_kernels() library, which defines
+// TRANSMLA_CPU_DISPATCH=1 for it) or none is; mixing both modes gives inline functions two
+// definitions (an ODR violation).
+// ODR between ISA levels: each cpu/isa/*.cpp puts the kernels in its own namespace (k_sse2,
+// k_avx2, ...) and every helper the kernels use is a template on the xsimd architecture, so no
+// AVX-512-compiled copy of a shared inline function can be picked by the linker for an SSE2 path.
 #pragma once
 
 #include "transmla/cpu/kernel_abi.hpp"
