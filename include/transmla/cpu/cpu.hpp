@@ -28,6 +28,23 @@
 //     (run-time dispatch, when the target links the library made by transmla_cpu_kernels() from
 //     cpu/transmla_cpu.cmake) or `native` (kernels compiled inline for the TU's own flags).
 //
+// Building (CMake):
+//     include(<transmla prefix>/include/transmla/cpu/transmla_cpu.cmake)
+//     transmla_cpu_kernels(my_kernels)        # static lib: cpu/isa/{sse2,avx2,avx512,avx512bf16}.cpp
+//     target_link_libraries(app PRIVATE transmla::transmla my_kernels)   # defines TRANSMLA_CPU_DISPATCH=1
+//   Without that library the same headers compile the kernels inline for the TU's own flags.
+//
+// Kernel structure (cpu/core.hpp): one attention kernel over "rows" (query heads × query tokens
+// sharing a KV source) and key tiles with an online base-2 softmax:
+//   - GQA decode (≤ 4 rows per KV head): a streaming variant reads K/V straight from the cache
+//     (f16/bf16 widened in registers), a block of KV heads per work item so each token's rows are
+//     one contiguous read;
+//   - more rows (MLA: all heads × tokens; prefill: tokens × group): K (and V) tiles converted once
+//     to f32 scratch, a register-blocked Q·Kᵀ micro-kernel (rows × keys, one transposing
+//     horizontal sum per W dot products; a transposed-K variant for GQA prefill; vdpbf16ps for a
+//     bf16 cache on AVX-512-BF16), and a P·V micro-kernel with rows × vectors of accumulators.
+//     For MLA the value tile is the first r columns of the same latent tile (no second copy).
+//
 // Errors: bad shapes, strides, page tables or lengths throw transmla::error naming the call and
 // the argument.
 #pragma once
