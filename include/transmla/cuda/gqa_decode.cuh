@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(128)
     const float qscale = p.scale * 1.4426950408889634f;  // fold log2(e): softmax in base 2
 
     // Queries of this block's rows, pre-scaled, as f32. Local row lr = t·group + j ↔ head h·group + j.
-    for (int i = tid; i < gqa_dec_rows * D / 2; i += blockDim.x) {
+    for (int i = tid; i < gqa_dec_rows * D / 2; i += 128) {
         const int r = i / (D / 2), c = (i % (D / 2)) * 2, lr = row0 + r;
         float2 x = make_float2(0.f, 0.f);
         if (lr < rows_seq) {
@@ -61,25 +61,41 @@ __global__ void __launch_bounds__(128)
         for (int pi = 0; pi < PAIRS; ++pi) acc[i][pi] = make_float2(0.f, 0.f);
     }
 
+    // K/V tiles are prefetched into registers one tile ahead: the loads of tile i + 1 are in flight
+    // while tile i is scored and accumulated. Thread `tid` moves chunks tid + 128·j (8 elements each).
+    constexpr int NT = 128, CHUNKS = TILE * D / 8, PER = CHUNKS / NT;
+    static_assert(CHUNKS % NT == 0, "gqa_decode_kernel: a tile must split evenly over the threads");
+    uint4 kreg[PER], vreg[PER];
+    auto fetch = [&](std::int64_t t0) {
+        const int n = end - t0 < TILE ? int(end - t0) : TILE;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = tid + NT * j, tok = i / (D / 8), c = (i % (D / 8)) * 8;
+            kreg[j] = vreg[j] = make_uint4(0, 0, 0, 0);  // keys/values past the end are zeros: p = 0 must not meet NaN
+            if (tok < n) {
+                const std::int64_t o = cache_token_offset(p.layout, b, t0 + tok) + h * p.head_stride + c;
+                kreg[j] = *reinterpret_cast<const uint4*>(p.k + o);
+                vreg[j] = *reinterpret_cast<const uint4*>(p.v + o);
+            }
+        }
+    };
+    if (begin < end) fetch(begin);
+
     for (std::int64_t tile0 = begin; tile0 < end; tile0 += TILE) {
         const int ntok = end - tile0 < TILE ? int(end - tile0) : TILE;
         __syncthreads();  // previous tile fully consumed (and q_s written, on the first pass)
-        for (int i = tid; i < TILE * D / 8; i += blockDim.x) {
-            const int j = i / (D / 8), c = (i % (D / 8)) * 8;
-            uint4 kx = make_uint4(0, 0, 0, 0), vx = kx;  // zero keys/values past the end: p = 0 must not meet NaN
-            if (j < ntok) {
-                const std::int64_t o = cache_token_offset(p.layout, b, tile0 + j) + h * p.head_stride + c;
-                kx = *reinterpret_cast<const uint4*>(p.k + o);
-                vx = *reinterpret_cast<const uint4*>(p.v + o);
-            }
-            auto* kd = reinterpret_cast<std::uint32_t*>(&k_s[j][c]);
-            kd[0] = kx.x;
-            kd[1] = kx.y;
-            kd[2] = kx.z;
-            kd[3] = kx.w;
-            *reinterpret_cast<uint4*>(&v_s[j][c]) = vx;
+#pragma unroll
+        for (int j = 0; j < PER; ++j) {
+            const int i = tid + NT * j, tok = i / (D / 8), c = (i % (D / 8)) * 8;
+            auto* kd = reinterpret_cast<std::uint32_t*>(&k_s[tok][c]);
+            kd[0] = kreg[j].x;
+            kd[1] = kreg[j].y;
+            kd[2] = kreg[j].z;
+            kd[3] = kreg[j].w;
+            *reinterpret_cast<uint4*>(&v_s[tok][c]) = vreg[j];
         }
         __syncthreads();
+        if (tile0 + TILE < end) fetch(tile0 + TILE);
 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
