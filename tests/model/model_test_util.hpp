@@ -17,6 +17,10 @@
 #include <optional>
 #include <string>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace transmla::test {
 
 inline std::optional<std::string> smollm2_path() {
@@ -41,6 +45,11 @@ inline std::optional<std::string> smollm2_path() {
 /// The model, loaded once per test executable (nullptr when skipped).
 inline const model::Model* smollm2() {
     static const std::unique_ptr<model::Model> m = []() -> std::unique_ptr<model::Model> {
+#if defined(_OPENMP)
+        // CTest runs test executables side by side (-j): one thread each unless told otherwise,
+        // so that OpenMP teams do not spin against each other on a small machine.
+        if (!std::getenv("OMP_NUM_THREADS")) omp_set_num_threads(1);
+#endif
         const auto p = smollm2_path();
         if (!p) return nullptr;
         return std::make_unique<model::Model>(model::load_gguf(*p));
