@@ -6,6 +6,7 @@
 
 #include "transmla/error.hpp"
 
+#include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
@@ -45,29 +46,47 @@ inline EigenTop eigen_full(const Eigen::MatrixXd& h, Eigen::Index k = -1) {
 
 /// Options of the subspace iteration.
 struct SubspaceOptions {
-    int oversample = -1;       ///< extra block columns; −1 = max(32, k/4)
+    int oversample = -1;       ///< extra block columns; −1 = max(32, k/2)
     double tolerance = 1e-7;   ///< stop when max_j ‖H u_j − λ_j u_j‖ <= tolerance·λ_1
     double energy_tolerance = 1e-13;  ///< … or when Σ_{j<k} λ_j changes by less than this (relative)
     int max_iterations = 200;
+    int rr_every = 3;          ///< Rayleigh–Ritz (and the convergence check) every this many iterations
     std::uint64_t seed = 0x7a3b9c1du;  ///< start block (deterministic results)
 };
 
+namespace detail {
+/// Orthonormal basis of the columns of y: Cholesky QR `passes` times (two passes give an
+/// orthonormal basis to rounding; one suffices to keep a power iteration well conditioned),
+/// falling back to Householder QR when the Gram matrix is numerically singular.
+inline Eigen::MatrixXd orthonormalize(Eigen::MatrixXd y, int passes = 2) {
+    for (int pass = 0; pass < passes; ++pass) {
+        Eigen::MatrixXd g = Eigen::MatrixXd::Zero(y.cols(), y.cols());
+        g.selfadjointView<Eigen::Lower>().rankUpdate(y.transpose());
+        Eigen::LLT<Eigen::MatrixXd> llt(g);
+        if (llt.info() != Eigen::Success) {
+            Eigen::HouseholderQR<Eigen::MatrixXd> qr(y);
+            return qr.householderQ() * Eigen::MatrixXd::Identity(y.rows(), y.cols());
+        }
+        llt.matrixU().solveInPlace<Eigen::OnTheRight>(y);
+    }
+    return y;
+}
+}  // namespace detail
+
 /// Top-k eigenpairs of the n×n PSD operator y = apply(x) (x, y n×b) by block subspace iteration
-/// with Rayleigh–Ritz. `trace` is the operator's trace (reported as-is).
+/// (block b = k + oversample, Cholesky-QR orthonormalisation) with a Rayleigh–Ritz step every
+/// `rr_every` iterations, where convergence is checked. `trace` is the operator's trace
+/// (reported as-is).
 inline EigenTop eigen_top_subspace(const std::function<Eigen::MatrixXd(const Eigen::MatrixXd&)>& apply,
                                    Eigen::Index n, Eigen::Index k, double trace, SubspaceOptions opt = {}) {
     require(k >= 1 && k <= n, "eigen_top_subspace: k = ", k, " must be in [1, n = ", n, "]");
-    const Eigen::Index p = opt.oversample >= 0 ? opt.oversample : std::max<Eigen::Index>(32, k / 4);
+    const Eigen::Index p = opt.oversample >= 0 ? opt.oversample : std::max<Eigen::Index>(32, k / 2);
     const Eigen::Index b = std::min(n, k + p);
     std::mt19937_64 gen(opt.seed);
     std::normal_distribution<double> nd;
     Eigen::MatrixXd q(n, b);
     for (Eigen::Index i = 0; i < q.size(); ++i) q.data()[i] = nd(gen);
-    auto orth = [](const Eigen::MatrixXd& m) {
-        Eigen::HouseholderQR<Eigen::MatrixXd> qr(m);
-        return Eigen::MatrixXd(qr.householderQ() * Eigen::MatrixXd::Identity(m.rows(), m.cols()));
-    };
-    q = orth(q);
+    q = detail::orthonormalize(q);
     EigenTop out;
     out.trace = trace;
     double prev_energy = -1;
@@ -75,6 +94,12 @@ inline EigenTop eigen_top_subspace(const std::function<Eigen::MatrixXd(const Eig
         const Eigen::MatrixXd y = apply(q);
         require(y.rows() == n && y.cols() == b, "eigen_top_subspace: the operator returned ", y.rows(), "x",
                 y.cols(), ", expected ", n, "x", b);
+        const bool last = it == opt.max_iterations;
+        if (it % std::max(1, opt.rr_every) != 0 && !last && b < n) {
+            // Plain power step; the step before a Rayleigh–Ritz one is fully orthonormalised.
+            q = detail::orthonormalize(y, (it + 1) % std::max(1, opt.rr_every) == 0 ? 2 : 1);
+            continue;
+        }
         Eigen::MatrixXd t = q.transpose() * y;
         t = 0.5 * (t + t.transpose()).eval();
         Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(t);
@@ -93,7 +118,7 @@ inline EigenTop eigen_top_subspace(const std::function<Eigen::MatrixXd(const Eig
         out.iterations = it;
         out.max_residual = res;
         if (res <= opt.tolerance || energy_done || b == n) break;
-        q = orth(y * w);
+        q = detail::orthonormalize(y * w);
     }
     return out;
 }
