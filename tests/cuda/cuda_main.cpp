@@ -38,6 +38,10 @@ REGISTER_LISTENER("transmla_cuda_seed", 1, CudaSeedListener);
 
 int main(int argc, char** argv) {
 #if defined(TRANSMLA_CUDA_HOST_EMULATION)
+#if defined(__SANITIZE_ADDRESS__)
+    std::printf("test_cuda_emulated: SKIPPED under AddressSanitizer (the host emulator switches fiber stacks)\n");
+    return 77;
+#endif
     std::printf("test_cuda_emulated: running the CUDA kernels on the host emulator of the CUDA execution model "
                 "(tests/cuda/emulation); this checks their logic, not the hardware\n");
     doctest::Context ectx(argc, argv);
