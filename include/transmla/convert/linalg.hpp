@@ -47,8 +47,10 @@ inline EigenTop eigen_full(const Eigen::MatrixXd& h, Eigen::Index k = -1) {
 /// Options of the subspace iteration.
 struct SubspaceOptions {
     int oversample = -1;       ///< extra block columns; −1 = max(32, k/2)
-    double tolerance = 1e-7;   ///< stop when max_j ‖H u_j − λ_j u_j‖ <= tolerance·λ_1
-    double energy_tolerance = 1e-13;  ///< … or when Σ_{j<k} λ_j changes by less than this (relative)
+    double tolerance = 1e-6;   ///< stop when max_j ‖H u_j − λ_j u_j‖ <= tolerance·λ_1
+    /// … or when Σ_{j<k} λ_j (the captured energy, what the PCA optimises) changes by less than
+    /// this (relative) between two Rayleigh–Ritz steps
+    double energy_tolerance = 1e-10;
     int max_iterations = 200;
     int rr_every = 3;          ///< Rayleigh–Ritz (and the convergence check) every this many iterations
     std::uint64_t seed = 0x7a3b9c1du;  ///< start block (deterministic results)
