@@ -112,7 +112,7 @@ void bm_gqa_decode(benchmark::State& st, int nq, int nkv, int d, std::int64_t ct
     const auto call = cpu::prepare(args, opt);
     const cpu::Plan plan = cpu::make_plan(call, opt);
     for (auto _ : st) {
-        cpu::detail::run_all(plan, call);
+        cpu::run_all(plan, call);
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
     }
@@ -144,7 +144,7 @@ void bm_mla_decode(benchmark::State& st, int H, int r, int dr, std::int64_t ctx,
     const auto call = cpu::prepare(args, opt);
     const cpu::Plan plan = cpu::make_plan(call, opt);
     for (auto _ : st) {
-        cpu::detail::run_all(plan, call);
+        cpu::run_all(plan, call);
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
     }
@@ -172,7 +172,7 @@ void bm_gqa_prefill(benchmark::State& st, int nq, int nkv, int d, std::int64_t l
     const auto call = cpu::prepare(args, opt);
     const cpu::Plan plan = cpu::make_plan(call, opt);
     for (auto _ : st) {
-        cpu::detail::run_all(plan, call);
+        cpu::run_all(plan, call);
         benchmark::DoNotOptimize(out.data());
         benchmark::ClobberMemory();
     }
@@ -243,8 +243,8 @@ void bm_side_by_side(benchmark::State& st, std::int64_t ctx, int threads) {
     };
     double tg = 0, tm = 0;
     for (auto _ : st) {
-        tg = median_time([&] { cpu::detail::run_all(gplan, gcall); });
-        tm = median_time([&] { cpu::detail::run_all(mplan, mcall); });
+        tg = median_time([&] { cpu::run_all(gplan, gcall); });
+        tm = median_time([&] { cpu::run_all(mplan, mcall); });
         benchmark::DoNotOptimize(og.data());
         benchmark::DoNotOptimize(om.data());
     }

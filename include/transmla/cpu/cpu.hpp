@@ -21,7 +21,8 @@
 //                 naive (decompressed) or absorbed order, chosen per call by a cost model
 //   Threading (DESIGN §3): the library never starts threads.
 //     auto call = prepare(GqaAttention{...} or MlaAttention{...}, opt);  Plan plan = make_plan(call, opt);
-//     plan.run(call, i) for i in [0, plan.size()) from any threads (each once per use); split
+//     plan.run(call, i) for i in [0, plan.size()) from any threads (each once per use), or
+//     run_all(plan, call) (OpenMP parallel loop when enabled); split
 //     key ranges merge by log-sum-exp inside the item that completes a group.
 //     The convenience calls above do exactly this in an OpenMP parallel loop when OpenMP is on.
 //   Instruction set (cpu/dispatch.hpp): Options::isa = best | sse2 | avx2 | avx512 | avx512bf16

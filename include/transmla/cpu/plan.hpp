@@ -278,4 +278,12 @@ void run_all(const Plan& plan, const Op& op) {
 }
 
 }  // namespace detail
+
+/// Runs every item of a prepared call's plan: an OpenMP parallel loop when OpenMP is enabled (and
+/// not already inside a parallel region), else in order on the calling thread.
+template <class Op>
+void run_all(const Plan& plan, const Op& call) {
+    detail::run_all(plan, call);
+}
+
 }  // namespace transmla::cpu
