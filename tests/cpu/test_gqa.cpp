@@ -4,6 +4,10 @@
 
 #include <span>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 using namespace transmla;
 using namespace transmla::test;
 
@@ -39,6 +43,9 @@ void run_decode_case(const GqaCase& c) {
     opt.isa = c.isa;
     opt.kv_chunk = c.kv_chunk;
     opt.num_workers = c.workers;
+#if defined(_OPENMP)
+    omp_set_num_threads(c.workers);  // 2 workers: the plan's items really run on 2 OpenMP threads
+#endif
     cpu::gqa_decode(View3<const Tq>(q.data(), {c.T, nq, c.d}), cache.view, scale, View3<To>(out.data(), {c.T, nq, c.d}),
                     View2<float>(lse.data(), {c.T, nq}), opt);
 

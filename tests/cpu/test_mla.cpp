@@ -6,6 +6,10 @@
 
 #include <span>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 using namespace transmla;
 using namespace transmla::test;
 
@@ -38,6 +42,9 @@ void run_mla_case(const MlaCase& c) {
     opt.isa = c.isa;
     opt.kv_chunk = c.kv_chunk;
     opt.num_workers = c.workers;
+#if defined(_OPENMP)
+    omp_set_num_threads(c.workers);  // 2 workers: the plan's items really run on 2 OpenMP threads
+#endif
     opt.head_block = c.head_block;
     cpu::mla_decode(View3<const Tq>(q.data(), {c.T, c.H, w}), cache.view, scale, View3<To>(out.data(), {c.T, c.H, c.r}),
                     View2<float>(lse.data(), {c.T, c.H}), opt);
