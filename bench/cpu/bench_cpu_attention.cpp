@@ -44,7 +44,8 @@ void set_threads(int t) {
 #endif
 }
 
-/// Options of a case; TRANSMLA_BENCH_TILE / _PREFETCH / _QTILE / _HEADBLOCK override the automatic
+/// Options of a case; TRANSMLA_BENCH_TILE / _PREFETCH / _QTILE / _HEADBLOCK / _DIRECT / _TRANSPOSED /
+/// _KVCHUNK override the automatic
 /// choices (for tuning experiments).
 cpu::Options bench_options(int threads) {
     cpu::Options o;
@@ -55,6 +56,7 @@ cpu::Options bench_options(int threads) {
     if (const char* e = std::getenv("TRANSMLA_BENCH_HEADBLOCK")) o.head_block = std::atoi(e);
     if (const char* e = std::getenv("TRANSMLA_BENCH_DIRECT")) o.direct = std::atoi(e);
     if (const char* e = std::getenv("TRANSMLA_BENCH_TRANSPOSED")) o.transposed = std::atoi(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_KVCHUNK")) o.kv_chunk = std::atoll(e);
     return o;
 }
 
