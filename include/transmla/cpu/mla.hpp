@@ -119,16 +119,17 @@ constexpr std::string_view mla_order_name(MlaOrder o) noexcept {
     return o == MlaOrder::naive ? "naive" : (o == MlaOrder::absorbed ? "absorbed" : "automatic");
 }
 
-/// Estimated seconds-proportional cost of each order (FLOPs divided by the throughput each part
-/// reaches; the factors are the ratios measured by bench_cpu_attention: Eigen's f32 GEMM runs about
-/// 1.5× faster than the attention kernel per FLOP).
+/// Estimated seconds-proportional cost of each order: FLOPs divided by the relative throughput
+/// each part reached in bench_cpu_attention's mla_prefill cases (device CPU, 2 threads): the Eigen
+/// f32 GEMMs (absorption, decompression, W_UV; compiled for the caller's baseline ISA) ran at about
+/// 26 GFLOP/s, the attention kernel at 40–100 GFLOP/s, so GEMM FLOPs are weighted 1/0.4.
 struct MlaCost {
     double naive = 0, absorbed = 0;
     MlaOrder best() const noexcept { return naive < absorbed ? MlaOrder::naive : MlaOrder::absorbed; }
 };
 
 inline MlaCost mla_prefill_cost(std::int64_t T, std::int64_t S, int H, int dn, int dr, int dv, int r) {
-    constexpr double gemm_speed = 1.5, attn_speed = 1.0;
+    constexpr double gemm_speed = 0.4, attn_speed = 1.0;
     // (query, key) pairs seen under causality: queries at S−T … S−1.
     const double pairs = double(T) * double(S - T) + double(T) * double(T + 1) / 2;
     MlaCost c;
