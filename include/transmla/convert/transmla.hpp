@@ -412,17 +412,19 @@ inline JointPca joint_pca(const PartialRopeLayer& p, const JointMoment& jm, int 
     out.w_dkv = e.vectors.transpose() * a;
     if (b.size()) out.b_dkv = e.vectors.transpose() * b;
     // Up projection B R_r, head i: k rows S̃_i[:, d_r:] R_r[:nk], v rows R_r[nk + γ(i)·d : +d].
+    // (computed once per KV head and copied to the g query heads that share it)
     const int d = p.head_dim, g = p.group();
     out.kv_b.resize(Eigen::Index(p.n_q) * 2 * d, r);
-    for (int i = 0; i < p.n_q; ++i) {
-        const int h = i / g;
+    for (int h = 0; h < p.n_kv; ++h) {
+        const Eigen::Index i0 = Eigen::Index(h) * g * 2 * d;
         if (nk > 0) {
             const MatrixXd snope = p.rotation.block(p.rope_dim, Eigen::Index(h) * d, nk, d).transpose() * p.alpha;
-            out.kv_b.middleRows(Eigen::Index(i) * 2 * d, d) = snope * e.vectors.topRows(nk);
+            out.kv_b.middleRows(i0, d) = snope * e.vectors.topRows(nk);
         } else {
-            out.kv_b.middleRows(Eigen::Index(i) * 2 * d, d).setZero();
+            out.kv_b.middleRows(i0, d).setZero();
         }
-        out.kv_b.middleRows(Eigen::Index(i) * 2 * d + d, d) = e.vectors.middleRows(nk + Eigen::Index(h) * d, d);
+        out.kv_b.middleRows(i0 + d, d) = e.vectors.middleRows(nk + Eigen::Index(h) * d, d);
+        for (int k = 1; k < g; ++k) out.kv_b.middleRows(i0 + Eigen::Index(k) * 2 * d, 2 * d) = out.kv_b.middleRows(i0, 2 * d);
     }
     return out;
 }
