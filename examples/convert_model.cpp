@@ -11,7 +11,7 @@
 //
 // Defaults: TransMLA at 50% of the original cache, d_r = 32, F = 4; calibration on 16 × 256
 // tokens of /usr/share/common-licenses/GPL-2 + LGPL-2.1, evaluation on the first 10000 tokens of
-// GPL-3 + Apache-2.0 in windows of 512 (disjoint texts; give other files with --calib / --eval).
+// GPL-3 + Apache-2.0 + MPL-2.0 in windows of 512 (disjoint files; give others with --calib / --eval).
 // MHA2MLA budgets: --budget RHO sets d_kv = RHO·2·d − r_m per KV head (r_m = --rope-dims, d/8 by
 // default) unless --latent-dim is given.
 #include "transmla/io/gguf.hpp"
@@ -112,7 +112,9 @@ Args parse(int argc, char** argv) {
         else usage(("unknown option " + k).c_str());
     }
     if (a.calib.empty()) a.calib = {"/usr/share/common-licenses/GPL-2", "/usr/share/common-licenses/LGPL-2.1"};
-    if (a.eval.empty()) a.eval = {"/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0"};
+    if (a.eval.empty())
+        a.eval = {"/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0",
+                  "/usr/share/common-licenses/MPL-2.0"};
     if (!rank_given) a.opt.cache_budget = a.budget;
     return a;
 }
