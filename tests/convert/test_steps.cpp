@@ -333,3 +333,13 @@ TEST_CASE("low-rank query: full rank is exact, lower rank approximates") {
     CHECK(rel_err(forward(low, f.held, f.pos), forward(p, f.held, f.pos)) > 1e-6);
     CHECK_THROWS_AS(build_query(p, 8, nullptr), error);
 }
+
+TEST_CASE("partial_as_mla runs the partial-RoPE layer as an exact MLA layer (no statistics)") {
+    Fixture f(spec_of(48, 6, 3, 16, RopePairing::half_split, true), 300, 14, 6);
+    PartialRopeLayer p = rorope(f.layer, f.stats, 8, 4);
+    p = balance_kv(p, bkv_alpha(p, f.stats));
+    const MlaLayer m = partial_as_mla(p);
+    CHECK(m.kv_lora_rank == 2 * 48 - 8);
+    CHECK(rel_err(forward(m, f.held, f.pos), forward(p, f.held, f.pos)) <= 1e-10);
+    CHECK(rel_err(forward(absorb(m), f.held, f.pos), forward(p, f.held, f.pos)) <= 1e-10);
+}

@@ -13,7 +13,7 @@
 //                            AbsorbedMlaLayer / Mha2MlaLayer, X, positions); MLA cache + decode
 //   convert/transmla.hpp     the TransMLA steps, in order: equivalence, rorope (+ freqfold index
 //                            map), bkv_alpha / balance_kv, joint_pca, build_query, assemble,
-//                            absorb; finish_transmla (steps 3–6 in one call)
+//                            absorb; finish_transmla (steps 3–6 in one call); partial_as_mla
 //   convert/mha2mla.hpp      select_rope_pairs, mha2mla
 //   convert/convert.hpp      convert_layer (one call, all methods) and the LayerReport
 //   convert/shape_link.hpp   compile-time MLA shape of a GQA shape, static_asserts + run-time twins
@@ -22,8 +22,9 @@
 // model *after* step 2):
 //   1. for each layer: stats_orig[l] = statistics of the attention input of the ORIGINAL model;
 //      partial[l] = rorope(gqa[l], stats_orig[l], {d_r, F});
-//   2. run the partial-RoPE model (every layer replaced by partial[l], forward below) on the
-//      calibration text and gather stats_after[l] of each layer's attention input;
+//   2. run the partial-RoPE model (every layer replaced by partial[l], forward below; or by the
+//      exactly equivalent MLA layer partial_as_mla(partial[l]), so an MLA engine can run it) on
+//      the calibration text and gather stats_after[l] of each layer's attention input;
 //   3. mla[l] = finish_transmla(partial[l], stats_after[l], options).
 // convert_layer(gqa, stats_orig, &stats_after, options) does 1 + 3 for one layer (with
 // stats_after = nullptr it reuses stats_orig for steps 3–4).

@@ -282,6 +282,7 @@ inline void joint_matrix(const PartialRopeLayer& p, MatrixXd& a, VectorXd& b) {
         if (p.bv.size()) b.tail(L) = p.bv;
     }
 }
+inline void project_basis(const PartialRopeLayer& p, const MatrixXd& basis, JointPca& out);
 }  // namespace detail
 
 /// The second moment H_z of z = [k̃[d_r:] ; v̂] of a partial-RoPE layer (at the layer's current
@@ -406,11 +407,20 @@ inline JointPca joint_pca(const PartialRopeLayer& p, const JointMoment& jm, int 
                          (e.vectors * t).cwiseProduct(e.vectors).rowwise().sum();
     out.key_error = err.head(nk).sum();
     out.value_error = err.tail(L).sum();
+    detail::project_basis(p, e.vectors, out);
+    return out;
+}
+
+namespace detail {
+/// W_DKV = Rᵀ A, b_DKV = Rᵀ b and kv_b = B R for a basis R (n × r) of the joint space.
+inline void project_basis(const PartialRopeLayer& p, const MatrixXd& basis, JointPca& out) {
+    const int L = p.kv_width(), nk = L - p.rope_dim, r = int(basis.cols());
     MatrixXd a;
     VectorXd b;
-    detail::joint_matrix(p, a, b);
-    out.w_dkv = e.vectors.transpose() * a;
-    if (b.size()) out.b_dkv = e.vectors.transpose() * b;
+    joint_matrix(p, a, b);
+    out.w_dkv = basis.transpose() * a;
+    out.b_dkv = b.size() ? VectorXd(basis.transpose() * b) : VectorXd();
+    const auto& e_vectors = basis;
     // Up projection B R_r, head i: k rows S̃_i[:, d_r:] R_r[:nk], v rows R_r[nk + γ(i)·d : +d].
     // (computed once per KV head and copied to the g query heads that share it)
     const int d = p.head_dim, g = p.group();
@@ -419,15 +429,15 @@ inline JointPca joint_pca(const PartialRopeLayer& p, const JointMoment& jm, int 
         const Eigen::Index i0 = Eigen::Index(h) * g * 2 * d;
         if (nk > 0) {
             const MatrixXd snope = p.rotation.block(p.rope_dim, Eigen::Index(h) * d, nk, d).transpose() * p.alpha;
-            out.kv_b.middleRows(i0, d) = snope * e.vectors.topRows(nk);
+            out.kv_b.middleRows(i0, d) = snope * e_vectors.topRows(nk);
         } else {
             out.kv_b.middleRows(i0, d).setZero();
         }
-        out.kv_b.middleRows(i0 + d, d) = e.vectors.middleRows(nk + Eigen::Index(h) * d, d);
+        out.kv_b.middleRows(i0 + d, d) = e_vectors.middleRows(nk + Eigen::Index(h) * d, d);
         for (int k = 1; k < g; ++k) out.kv_b.middleRows(i0 + Eigen::Index(k) * 2 * d, 2 * d) = out.kv_b.middleRows(i0, 2 * d);
     }
-    return out;
 }
+}  // namespace detail
 
 /// Step 4 at rank r (1 ≤ r ≤ 2L − d_r) on the statistics of the partial-RoPE model (its layer
 /// must already carry its α).
@@ -530,6 +540,19 @@ inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, const M
     m.softmax_scale = 1.0 / std::sqrt(double(d + dr));
     m.validate();
     return m;
+}
+
+/// The partial-RoPE layer written exactly as an MLA layer (DeepSeek-V3 layout) without any
+/// statistics: the joint "PCA" at full rank with the identity basis (r = 2L − d_r), the query and
+/// scale of step 5. Lets an engine that runs MLA run the partial-RoPE model (e.g. to gather the
+/// statistics of steps 3–4). Same function as the partial layer, to rounding.
+inline MlaLayer partial_as_mla(const PartialRopeLayer& p) {
+    p.validate();
+    const int n = 2 * p.kv_width() - p.rope_dim;
+    JointPca id;
+    id.rank = n;
+    detail::project_basis(p, MatrixXd::Identity(n, n), id);
+    return assemble(p, id, build_query(p));
 }
 
 // ------------------------------------------------------------------------------------------------
