@@ -52,7 +52,7 @@ struct SubspaceOptions {
     /// this (relative) between two Rayleigh–Ritz steps
     double energy_tolerance = 1e-10;
     int max_iterations = 200;
-    int rr_every = 3;          ///< Rayleigh–Ritz (and the convergence check) every this many iterations
+    int rr_every = 5;          ///< Rayleigh–Ritz (and the convergence check) every this many iterations
     std::uint64_t seed = 0x7a3b9c1du;  ///< start block (deterministic results)
 };
 
