@@ -1,4 +1,4 @@
-// SmolLM2 forward passes and decode attention, original vs converted (see RESULTS-model.md).
+// SmolLM2 forward passes and decode attention, original vs converted (results in bench/RESULTS.md).
 //   bench_model [--benchmark_filter=...]
 // Fixtures are built once (load, and a TransMLA 50% conversion on 4 × 256 calibration tokens of
 // GPL-2 for the MLA rows) outside the timed loops.
