@@ -11,12 +11,6 @@ namespace transmla::cpu::detail::k_sse2 {
 
 using kernel_arch = xsimd::sse2;
 
-void attend_entry(const KvSource<float>&, const AttendJob&);
-void attend_entry(const KvSource<half>&, const AttendJob&);
-void attend_entry(const KvSource<bfloat16>&, const AttendJob&);
-
-void attend_entry(const KvSource<float>& s, const AttendJob& j) { attend_any<kernel_arch, float>(s, j); }
-void attend_entry(const KvSource<half>& s, const AttendJob& j) { attend_any<kernel_arch, half>(s, j); }
-void attend_entry(const KvSource<bfloat16>& s, const AttendJob& j) { attend_any<kernel_arch, bfloat16>(s, j); }
+#include "transmla/cpu/isa/entries.inc"
 
 }  // namespace transmla::cpu::detail::k_sse2
