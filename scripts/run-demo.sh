@@ -10,4 +10,4 @@ jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs" --target smollm2_demo
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"   # no spinning teams on a busy machine
-./build/examples/smollm2_demo --model "$model" "$@"
+./build/examples/smollm2_demo --model "$model" --report build/smollm2_demo_report.json "$@"
