@@ -6,6 +6,8 @@
 // TRANSMLA_MODEL_SKIPPED (CTest then reports the test as skipped).
 #pragma once
 
+#include "transmla/error.hpp"
+
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -16,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -82,6 +85,23 @@ inline std::optional<std::string> smollm2_gguf_path() {
     MESSAGE("TRANSMLA_MODEL_SKIPPED: " << name << " not found (run scripts/fetch-model.sh, or set TRANSMLA_MODEL); "
             "set TRANSMLA_REQUIRE_MODEL=1 to make this a failure");
     return std::nullopt;
+}
+
+/// Runs f, which must throw transmla::error whose message contains every one of `parts`.
+template <class F>
+void check_error(F&& f, std::initializer_list<std::string> parts) {
+    bool thrown = false;
+    try {
+        f();
+    } catch (const transmla::error& e) {
+        thrown = true;
+        const std::string msg = e.what();
+        for (const auto& p : parts) {
+            INFO("message: " << msg);
+            CHECK_MESSAGE(msg.find(p) != std::string::npos, "missing '" << p << "'");
+        }
+    }
+    CHECK_MESSAGE(thrown, "no transmla::error was thrown");
 }
 
 }  // namespace transmla::test

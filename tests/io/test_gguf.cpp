@@ -14,6 +14,7 @@
 
 using namespace transmla;
 using namespace transmla::io;
+using transmla::test::check_error;
 using transmla::test::TempPath;
 
 namespace {
@@ -43,22 +44,6 @@ struct Bytes {
     }
 };
 
-/// Runs f, which must throw transmla::error whose message contains every one of `parts`.
-template <class F>
-void check_error(F&& f, std::initializer_list<std::string> parts) {
-    bool thrown = false;
-    try {
-        f();
-    } catch (const transmla::error& e) {
-        thrown = true;
-        const std::string msg = e.what();
-        for (const auto& p : parts) {
-            INFO("message: " << msg);
-            CHECK_MESSAGE(msg.find(p) != std::string::npos, "missing '" << p << "'");
-        }
-    }
-    CHECK_MESSAGE(thrown, "no transmla::error was thrown");
-}
 
 std::vector<float> random_floats(std::size_t n) {
     std::vector<float> v(n);

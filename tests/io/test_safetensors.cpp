@@ -13,6 +13,7 @@
 
 using namespace transmla;
 using namespace transmla::io;
+using transmla::test::check_error;
 using transmla::test::TempPath;
 
 namespace {
@@ -33,21 +34,6 @@ std::vector<std::uint8_t> st_file(const std::string& header, const std::vector<s
     return b;
 }
 
-template <class F>
-void check_error(F&& f, std::initializer_list<std::string> parts) {
-    bool thrown = false;
-    try {
-        f();
-    } catch (const transmla::error& e) {
-        thrown = true;
-        const std::string msg = e.what();
-        for (const auto& p : parts) {
-            INFO("message: " << msg);
-            CHECK_MESSAGE(msg.find(p) != std::string::npos, "missing '" << p << "'");
-        }
-    }
-    CHECK_MESSAGE(thrown, "no transmla::error was thrown");
-}
 
 }  // namespace
 
