@@ -1,5 +1,9 @@
 // Conversion speed: one layer from its calibration statistics, at real model sizes, on synthetic
-// statistics (an SPD (D+1)² input moment with a decaying spectrum) and random weights.
+// statistics (an SPD (D+1)² input moment with a decaying spectrum) and random weights. Two kinds
+// of statistics: the input moment (CalibrationStats, (D+1)²) and the key/value moments the same
+// inputs give (KvStats, (2L)²: the original layer's keys and values for step 2, the partial-RoPE
+// layer's rotated keys and values for steps 3–6 — what an engine records in its two calibration
+// passes). Building the KvStats is set-up, not timed.
 //   llama3_8b: D 4096, 32 query / 8 KV heads of 128, r 512, d_r 64, F 4  (joint PCA width 1984)
 //   llama2_7b: D 4096, 32 query / 32 KV heads of 128, r 512, d_r 64, F 8 (joint PCA width 8128)
 // Eigen's GEMMs use OpenMP threads when the build enables OpenMP (OMP_NUM_THREADS).
@@ -21,6 +25,7 @@ struct Problem {
     GqaLayer layer;
     CalibrationStats stats;
     ConvertOptions opt;
+    KvStats kv_original, kv_after;  // filled for the KvStats benchmarks only
 };
 
 Eigen::MatrixXd gaussian(Eigen::Index r, Eigen::Index c, double sd, std::mt19937_64& g) {
@@ -60,6 +65,17 @@ const Problem& problem(int n_kv, int freqfold) {
     return *slot;
 }
 
+const Problem& kv_problem(int n_kv, int freqfold) {
+    Problem& p = const_cast<Problem&>(problem(n_kv, freqfold));
+    if (p.kv_original.kv_width() == 0) {
+        const GqaLayer& l = p.layer;
+        p.kv_original = KvStats::from_input(p.stats, l.wk, l.bk, l.wv, l.bv);
+        const PartialRopeLayer pr = rorope(l, p.kv_original, p.opt.rope_dim, p.opt.freqfold);
+        p.kv_after = KvStats::from_input(p.stats, pr.wk, pr.bk, pr.wv, pr.bv);
+    }
+    return p;
+}
+
 void report(benchmark::State& st, const LayerReport& r) {
     st.counters["rope_energy"] = r.rope_energy;
     st.counters["pca_energy"] = r.pca_energy;
@@ -97,8 +113,32 @@ void BM_finish_transmla(benchmark::State& st, int n_kv, int F) {
     report(st, rep);
 }
 
+void BM_convert_layer_kv(benchmark::State& st, int n_kv, int F) {
+    const Problem& p = kv_problem(n_kv, F);
+    LayerReport rep;
+    for (auto _ : st) {
+        const ConvertResult res = convert_layer(p.layer, p.kv_original, &p.kv_after, p.opt);
+        rep = res.report;
+        benchmark::DoNotOptimize(res.mla.kv_b_proj.data());
+    }
+    report(st, rep);
+}
+
+void BM_finish_transmla_kv(benchmark::State& st, int n_kv, int F) {
+    const Problem& p = kv_problem(n_kv, F);
+    const PartialRopeLayer pr = rorope(p.layer, p.kv_original, p.opt.rope_dim, p.opt.freqfold);
+    LayerReport rep;
+    for (auto _ : st) {
+        const MlaLayer m = finish_transmla(pr, p.kv_after, p.opt.rank, p.opt, &rep);
+        benchmark::DoNotOptimize(m.kv_b_proj.data());
+    }
+    report(st, rep);
+}
+
 }  // namespace
 
+BENCHMARK_CAPTURE(BM_convert_layer_kv, llama3_8b, 8, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK_CAPTURE(BM_finish_transmla_kv, llama3_8b, 8, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 BENCHMARK_CAPTURE(BM_convert_layer, llama3_8b, 8, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 BENCHMARK_CAPTURE(BM_rorope, llama3_8b, 8, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 BENCHMARK_CAPTURE(BM_finish_transmla, llama3_8b, 8, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);

@@ -113,6 +113,76 @@ TEST_CASE("TransMLA convert_layer: report and rank from a cache budget") {
     CHECK(res3.report.rope_energy == doctest::Approx(rep.rope_energy));
 }
 
+namespace {
+/// KvStats of a layer's own keys and values (W x + b, biases included) on the rows of x.
+KvStats kv_of(const Eigen::MatrixXd& wk, const Eigen::VectorXd& bk, const Eigen::MatrixXd& wv, const Eigen::VectorXd& bv,
+              const Eigen::MatrixXd& x) {
+    Eigen::MatrixXd k = x * wk.transpose(), v = x * wv.transpose();
+    if (bk.size()) k.rowwise() += bk.transpose();
+    if (bv.size()) v.rowwise() += bv.transpose();
+    KvStats s(int(wk.rows()));
+    s.add(k, v);
+    return s;
+}
+}  // namespace
+
+TEST_CASE("convert_layer from KvStats equals convert_layer from the input moment of the same tokens") {
+    for (bool bias : {false, true}) {
+        Setup s(96, 8, 4, 16, RopePairing::half_split, bias);
+        // Two calibration passes on different tokens, as a whole-model converter has them.
+        const Eigen::MatrixXd x1 = s.gen.tokens(600, 0), x2 = s.gen.tokens(500, 3);
+        CalibrationStats in1(96), in2(96);
+        in1.add(x1);
+        in2.add(x2);
+        const GqaLayer& l = s.layer;
+        const KvStats kv1 = kv_of(l.wk, l.bk, l.wv, l.bv, x1);
+        ConvertOptions o;
+        o.rope_dim = 8, o.freqfold = 4, o.rank = 40;
+        const PartialRopeLayer pr = rorope(l, kv1, o.rope_dim, o.freqfold);
+        const KvStats kv2 = kv_of(pr.wk, pr.bk, pr.wv, pr.bv, x2);  // the partial-RoPE layer's own keys
+        const ConvertResult a = convert_layer(l, in1, &in2, o, &s.held);
+        const ConvertResult b = convert_layer(l, kv1, &kv2, o, &s.held);
+        INFO("bias " << bias << " output errors " << a.report.attn_output_error << " / " << b.report.attn_output_error);
+        CHECK(b.report.rope_energy == doctest::Approx(a.report.rope_energy).epsilon(1e-10));
+        CHECK(b.report.alpha == doctest::Approx(a.report.alpha).epsilon(1e-10));
+        CHECK(b.report.pca_energy == doctest::Approx(a.report.pca_energy).epsilon(1e-10));
+        CHECK(b.report.key_error == doctest::Approx(a.report.key_error).epsilon(1e-8));
+        CHECK(b.report.value_error == doctest::Approx(a.report.value_error).epsilon(1e-8));
+        CHECK(b.report.attn_output_error == doctest::Approx(a.report.attn_output_error).epsilon(1e-8));
+        CHECK(rel_err(forward(b.mla, s.held.x, s.held.positions), forward(a.mla, s.held.x, s.held.positions)) <= 1e-9);
+        CHECK(b.partial.alpha == doctest::Approx(a.partial.alpha).epsilon(1e-10));
+        // Without statistics of the partial-RoPE model both reuse the first pass's tokens.
+        const ConvertResult a1 = convert_layer(l, in1, nullptr, o, &s.held);
+        const ConvertResult b1 = convert_layer(l, kv1, nullptr, o, &s.held);
+        CHECK(b1.report.pca_energy == doctest::Approx(a1.report.pca_energy).epsilon(1e-10));
+        CHECK(rel_err(forward(b1.mla, s.held.x, s.held.positions), forward(a1.mla, s.held.x, s.held.positions)) <= 1e-9);
+        // Exact mode from KvStats reproduces the GQA layer.
+        ConvertOptions ex;
+        ex.method = Method::exact;
+        const ConvertResult e = convert_layer(l, kv1, nullptr, ex, &s.held);
+        CHECK(e.report.attn_output_error <= 1e-10);
+        CHECK(rel_err(forward(absorb(e.mla), s.held.x, s.held.positions), forward(l, s.held.x, s.held.positions)) <= 1e-10);
+    }
+}
+
+TEST_CASE("KvStats conversion: what needs the input moment says so") {
+    Setup s(64, 6, 3, 16, RopePairing::half_split, false);
+    const GqaLayer& l = s.layer;
+    const KvStats kv = kv_of(l.wk, l.bk, l.wv, l.bv, s.gen.tokens(300, 0));
+    ConvertOptions o;
+    o.rope_dim = 8, o.freqfold = 2, o.rank = 30;
+    ConvertOptions mh = o;
+    mh.method = Method::mha2mla;
+    CHECK(contains(error_of([&] { convert_layer(l, kv, nullptr, mh); }), "mha2mla needs the input statistics"));
+    ConvertOptions ql = o;
+    ql.q_lora_rank = 32;
+    CHECK(contains(error_of([&] { convert_layer(l, kv, nullptr, ql); }), "q_lora_rank = 32 needs the input statistics"));
+    const KvStats wrong(l.kv_width() + 16);
+    CHECK(contains(error_of([&] { convert_layer(l, wrong, nullptr, o); }), "kv width"));
+    const KvStats empty(l.kv_width());
+    CHECK(contains(error_of([&] { convert_layer(l, empty, nullptr, o); }), "no tokens"));
+}
+
 TEST_CASE("bad options throw transmla::error naming the option and the allowed values") {
     Setup s(48, 4, 2, 16, RopePairing::half_split, false, 4);
     auto run = [&](ConvertOptions o) { return error_of([&] { convert_layer(s.layer, s.stats, nullptr, o); }); };

@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace transmla::convert {
@@ -69,6 +71,41 @@ double attention_output_error(const GqaLayer& l, const Converted& c, const HeldO
     return den > 0 ? (got - ref).norm() / den : (got - ref).norm();
 }
 
+namespace detail {
+inline void check_held_out(const GqaLayer& l, const HeldOut* held_out) {
+    if (held_out)
+        require(held_out->x.cols() == l.hidden && std::int64_t(held_out->positions.size()) == held_out->x.rows(),
+                "convert_layer: held-out tokens must be [T][", l.hidden, "] with T positions");
+}
+/// The transmla / exact part of convert_layer, for either kind of statistics (`after` = nullptr:
+/// the partial-RoPE model's statistics are taken as those of the original inputs).
+template <class Stats>
+ConvertResult convert_transmla(const GqaLayer& l, const Stats& original, const Stats* after, int r,
+                               const ConvertOptions& o, const HeldOut* held_out) {
+    ConvertResult res;
+    res.method = o.method;
+    res.report.cache_original = l.cache_per_token();
+    const bool exact = o.method == Method::exact;
+    res.partial = exact ? rorope(l, original, l.head_dim, 1, /*keep_all_rope=*/true)
+                        : rorope(l, original, o.rope_dim, o.freqfold);
+    ConvertOptions oo = o;
+    if (exact) oo.balance = false, oo.q_lora_rank = 0;
+    // Steps 3–6 balance res.partial in place (the result returns the balanced partial layer).
+    const CalibrationStats* query_stats = nullptr;
+    JointMoment jm;
+    if constexpr (std::is_same_v<Stats, KvStats>) {
+        jm = after ? joint_moment(res.partial, *after) : joint_moment(res.partial, rotate_kv_stats(res.partial, original));
+    } else {
+        query_stats = after ? after : &original;
+        jm = joint_moment(res.partial, *query_stats);
+    }
+    res.mla = finish_transmla_in_place(res.partial, std::move(jm), r, oo, query_stats, &res.report);
+    res.report.method = o.method;
+    if (held_out) res.report.attn_output_error = attention_output_error(l, res.mla, *held_out);
+    return res;
+}
+}  // namespace detail
+
 /// Converts one layer.
 /// - transmla: step 2 on `original` (the original model's statistics), steps 3–6 on
 ///   `*after_rorope` (the partial-RoPE model's statistics; nullptr reuses `original`).
@@ -87,34 +124,35 @@ inline ConvertResult convert_layer(const GqaLayer& l, const CalibrationStats& or
     if (after_rorope)
         require(after_rorope->hidden() == l.hidden, "convert_layer: after-RoRoPE statistics have hidden size ",
                 after_rorope->hidden(), ", the layer ", l.hidden);
-    if (held_out) {
-        require(held_out->x.cols() == l.hidden && std::int64_t(held_out->positions.size()) == held_out->x.rows(),
-                "convert_layer: held-out tokens must be [T][", l.hidden, "] with T positions");
-    }
-    const CalibrationStats& after = after_rorope ? *after_rorope : original;
+    detail::check_held_out(l, held_out);
+    if (o.method != Method::mha2mla)
+        return detail::convert_transmla(l, original, after_rorope, r, o, held_out);
     ConvertResult res;
     res.method = o.method;
     res.report.method = o.method;
     res.report.cache_original = l.cache_per_token();
-    if (o.method == Method::mha2mla) {
-        res.mha2mla = mha2mla(l, o, norms);
-        res.report.rope_dim = res.mha2mla.rope_dims;
-        res.report.rank = res.mha2mla.latent_dim;
-        mha2mla_errors(l, res.mha2mla, original, res.report.key_error, res.report.value_error);
-        res.report.cache_converted = res.mha2mla.cache_per_token();
-        if (held_out) res.report.attn_output_error = attention_output_error(l, res.mha2mla, *held_out);
-        return res;
-    }
-    const bool exact = o.method == Method::exact;
-    res.partial = exact ? rorope(l, original, l.head_dim, 1, /*keep_all_rope=*/true)
-                        : rorope(l, original, o.rope_dim, o.freqfold);
-    ConvertOptions oo = o;
-    if (exact) oo.balance = false, oo.q_lora_rank = 0;
-    res.mla = finish_transmla(res.partial, after, r, oo, &res.report);
-    res.report.method = o.method;
-    if (oo.balance && !exact) res.partial = balance_kv(res.partial, res.report.alpha);
-    if (held_out) res.report.attn_output_error = attention_output_error(l, res.mla, *held_out);
+    res.mha2mla = mha2mla(l, o, norms);
+    res.report.rope_dim = res.mha2mla.rope_dims;
+    res.report.rank = res.mha2mla.latent_dim;
+    mha2mla_errors(l, res.mha2mla, original, res.report.key_error, res.report.value_error);
+    res.report.cache_converted = res.mha2mla.cache_per_token();
+    if (held_out) res.report.attn_output_error = attention_output_error(l, res.mha2mla, *held_out);
     return res;
+}
+
+/// Converts one layer (transmla or exact) from key/value statistics: `original` holds the
+/// original layer's pre-RoPE keys and values, `*after_rorope` the partial-RoPE layer's rotated
+/// keys and values (nullptr: rotate_kv_stats of `original`, i.e. the same inputs). Same results as the
+/// CalibrationStats overload on statistics of the same tokens, without the (D+1)² projections.
+/// MHA2MLA and the low-rank query need the input moment: they throw here.
+inline ConvertResult convert_layer(const GqaLayer& l, const KvStats& original, const KvStats* after_rorope,
+                                   const ConvertOptions& o, const HeldOut* held_out = nullptr) {
+    const int r = validate_options(l, o);
+    require(o.method != Method::mha2mla,
+            "convert_layer: method mha2mla needs the input statistics (CalibrationStats); key/value statistics "
+            "support methods transmla and exact");
+    detail::check_held_out(l, held_out);
+    return detail::convert_transmla(l, original, after_rorope, r, o, held_out);
 }
 
 }  // namespace transmla::convert

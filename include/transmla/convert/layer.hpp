@@ -8,7 +8,8 @@
 // exactly what that forward computes, so that an engine can run the converted layer itself.
 //
 // Where the functions live:
-//   convert/calibration.hpp  CalibrationStats, PairNormStats (accumulators)
+//   convert/layer.hpp        also CalibrationStats (input moment), KvStats (key/value moment),
+//                            PairNormStats (accumulators)
 //   convert/forward.hpp      forward(GqaLayer / EquivalentLayer / PartialRopeLayer / MlaLayer /
 //                            AbsorbedMlaLayer / Mha2MlaLayer, X, positions); MLA cache + decode
 //   convert/transmla.hpp     the TransMLA steps, in order: equivalence, rorope (+ freqfold index
@@ -38,6 +39,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <mutex>
 #include <span>
@@ -362,6 +364,47 @@ struct Mha2MlaLayer {
 // Calibration statistics
 // ------------------------------------------------------------------------------------------------
 
+namespace detail {
+/// Σ_t z_t z_tᵀ over the unmasked rows t, z_t the concatenation of row t of every block (and a
+/// trailing 1 when append_one). mask: empty = every row, else one entry per row, 0 = padding.
+/// Throws on mismatched row counts, a mask of the wrong length, or a non-finite value.
+inline MatrixXd masked_moment(std::initializer_list<const Eigen::Ref<const MatrixXd>*> blocks,
+                              std::span<const std::uint8_t> mask, bool append_one, const char* where) {
+    const Eigen::Index rows = (*blocks.begin())->rows();
+    Eigen::Index width = append_one ? 1 : 0;
+    for (const auto* b : blocks) {
+        require(b->rows() == rows, where, ": the blocks have different row counts (", b->rows(), " vs ", rows, ")");
+        width += b->cols();
+    }
+    require(mask.empty() || std::int64_t(mask.size()) == std::int64_t(rows), where, ": mask has ", mask.size(),
+            " entries for ", rows, " rows");
+    Eigen::Index n = 0;
+    for (Eigen::Index t = 0; t < rows; ++t) n += (mask.empty() || mask[std::size_t(t)]) ? 1 : 0;
+    MatrixXd z(n, width);
+    for (Eigen::Index t = 0, o = 0; t < rows; ++t) {
+        if (!(mask.empty() || mask[std::size_t(t)])) continue;
+        Eigen::Index c = 0;
+        for (const auto* b : blocks) {
+            z.row(o).segment(c, b->cols()) = b->row(t);
+            c += b->cols();
+        }
+        if (append_one) z(o, c) = 1.0;
+        ++o;
+    }
+    for (Eigen::Index i = 0; i < z.size(); ++i) require(std::isfinite(z.data()[i]), where, ": non-finite input value");
+    MatrixXd part = MatrixXd::Zero(width, width);
+    part.selfadjointView<Eigen::Lower>().rankUpdate(z.transpose());
+    part.triangularView<Eigen::StrictlyUpper>() = part.transpose();
+    return part;
+}
+/// [T][W] row-major floats as an fp64 matrix.
+inline MatrixXd float_rows(std::span<const float> rows, std::int64_t tokens, std::int64_t width) {
+    return Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+               rows.data(), Eigen::Index(tokens), Eigen::Index(width))
+        .cast<double>();
+}
+}  // namespace detail
+
 /// fp64 uncentred second moment of the augmented attention input [x; 1] of one layer:
 /// H = Σ_t [x_t; 1][x_t; 1]ᵀ ((D+1)×(D+1); H[D][D] = token count, H[:D][D] = Σ x). Every
 /// statistic of CONVERSION.md (pre-RoPE keys, values, queries, rotated keys, column norms) is
@@ -401,22 +444,7 @@ public:
         require(hidden_ > 0, "CalibrationStats::add: default-constructed statistics (no hidden size)");
         require(x.cols() == hidden_, "CalibrationStats::add: rows have ", x.cols(), " features, expected ",
                 hidden_);
-        require(mask.empty() || std::int64_t(mask.size()) == std::int64_t(x.rows()),
-                "CalibrationStats::add: mask has ", mask.size(), " entries for ", x.rows(), " rows");
-        Eigen::Index n = 0;
-        for (Eigen::Index t = 0; t < x.rows(); ++t) n += (mask.empty() || mask[std::size_t(t)]) ? 1 : 0;
-        MatrixXd aug(n, hidden_ + 1);
-        for (Eigen::Index t = 0, o = 0; t < x.rows(); ++t) {
-            if (!(mask.empty() || mask[std::size_t(t)])) continue;
-            aug.row(o).head(hidden_) = x.row(t);
-            aug(o, hidden_) = 1.0;
-            ++o;
-        }
-        for (Eigen::Index i = 0; i < aug.size(); ++i)
-            require(std::isfinite(aug.data()[i]), "CalibrationStats::add: non-finite input value");
-        MatrixXd part = MatrixXd::Zero(hidden_ + 1, hidden_ + 1);
-        part.selfadjointView<Eigen::Lower>().rankUpdate(aug.transpose());
-        part.triangularView<Eigen::StrictlyUpper>() = part.transpose();
+        const MatrixXd part = detail::masked_moment({&x}, mask, /*append_one=*/true, "CalibrationStats::add");
         std::lock_guard<std::mutex> lk(m_);
         h_ += part;
     }
@@ -424,10 +452,7 @@ public:
     void add(std::span<const float> rows, std::int64_t tokens, std::span<const std::uint8_t> mask = {}) {
         require(std::int64_t(rows.size()) == tokens * hidden_, "CalibrationStats::add: ", rows.size(),
                 " floats for ", tokens, " tokens of width ", hidden_);
-        MatrixXd x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-                         rows.data(), tokens, hidden_)
-                         .cast<double>();
-        add(x, mask);
+        add(detail::float_rows(rows, tokens, hidden_), mask);
     }
     /// Adds another accumulator's statistics (e.g. one per thread).
     void merge(const CalibrationStats& other) {
@@ -494,6 +519,118 @@ public:
 private:
     int hidden_ = 0;
     MatrixXd h_;
+    mutable std::mutex m_;
+};
+
+/// fp64 uncentred second moment of one layer's pre-RoPE keys and values, S = Σ_t [k_t; v_t]
+/// [k_t; v_t]ᵀ (2L×2L, L = n_kv·d; k_t = W_K x_t + b_K and v_t = W_V x_t + b_V as the layer
+/// computes them, biases included), padding excluded. Every statistic TransMLA needs of a GQA
+/// layer is a block of it: the RoRoPE key moment (step 2) is S[:L, :L] of the original model's
+/// keys, and the joint moment of steps 3–4 is S[d_r:, d_r:] of the partial-RoPE layer's rotated
+/// keys k̃ = W̃_K x + b̃_K and values. For GQA (2L < D + 1) it is smaller and much cheaper to
+/// convert from than the input moment (CalibrationStats): no (D+1)² projection is needed. It
+/// cannot give the query moment (low-rank query) or the MHA2MLA errors; those need the input
+/// moment. add() and merge() may be called concurrently from several threads.
+class KvStats {
+public:
+    KvStats() = default;
+    explicit KvStats(int kv_width) : width_(kv_width), s_(MatrixXd::Zero(2 * kv_width, 2 * kv_width)) {
+        require(kv_width > 0, "KvStats: kv_width (L = n_kv·d) must be positive, got ", kv_width);
+    }
+    KvStats(const KvStats& o) {
+        std::lock_guard<std::mutex> lk(o.m_);
+        width_ = o.width_, s_ = o.s_, tokens_ = o.tokens_;
+    }
+    KvStats& operator=(const KvStats& o) {
+        if (this == &o) return *this;
+        const KvStats copy(o);
+        std::lock_guard<std::mutex> lk(m_);
+        width_ = copy.width_, s_ = copy.s_, tokens_ = copy.tokens_;
+        return *this;
+    }
+
+    /// The statistics a layer's input moment implies: S = [W_K b_K; W_V b_V] H [W_K b_K; W_V b_V]ᵀ.
+    static KvStats from_input(const CalibrationStats& in, const MatrixXd& wk, const VectorXd& bk, const MatrixXd& wv,
+                              const VectorXd& bv) {
+        require(wk.rows() == wv.rows() && wk.cols() == wv.cols(), "KvStats::from_input: W_K is ", wk.rows(), "x",
+                wk.cols(), " but W_V is ", wv.rows(), "x", wv.cols());
+        const Eigen::Index L = wk.rows();
+        MatrixXd w(2 * L, wk.cols());
+        w << wk, wv;
+        VectorXd b;
+        if (bk.size() || bv.size()) {
+            require((bk.size() == 0 || bk.size() == L) && (bv.size() == 0 || bv.size() == L),
+                    "KvStats::from_input: biases must have L = ", L, " entries");
+            b = VectorXd::Zero(2 * L);
+            if (bk.size()) b.head(L) = bk;
+            if (bv.size()) b.tail(L) = bv;
+        }
+        KvStats out{static_cast<int>(L)};
+        out.s_ = in.project(w, b);
+        out.tokens_ = in.tokens();
+        return out;
+    }
+
+    int kv_width() const noexcept { return width_; }
+
+    /// Adds the rows of k and v ([T][L] each, one token per row; mask as in CalibrationStats::add).
+    void add(const Eigen::Ref<const MatrixXd>& k, const Eigen::Ref<const MatrixXd>& v,
+             std::span<const std::uint8_t> mask = {}) {
+        require(width_ > 0, "KvStats::add: default-constructed statistics (no kv_width)");
+        require(k.cols() == width_ && v.cols() == width_, "KvStats::add: k and v rows must have L = ", width_,
+                " features, got ", k.cols(), " and ", v.cols());
+        const MatrixXd part = detail::masked_moment({&k, &v}, mask, /*append_one=*/false, "KvStats::add");
+        std::int64_t n = 0;
+        for (Eigen::Index t = 0; t < k.rows(); ++t) n += (mask.empty() || mask[std::size_t(t)]) ? 1 : 0;
+        std::lock_guard<std::mutex> lk(m_);
+        s_ += part;
+        tokens_ += n;
+    }
+    /// Float rows ([T][L] row-major each, e.g. the key/value projections of an fp32 forward).
+    void add(std::span<const float> k, std::span<const float> v, std::int64_t tokens,
+             std::span<const std::uint8_t> mask = {}) {
+        require(std::int64_t(k.size()) == tokens * width_ && std::int64_t(v.size()) == tokens * width_,
+                "KvStats::add: ", k.size(), " and ", v.size(), " floats for ", tokens, " tokens of width ", width_);
+        add(detail::float_rows(k, tokens, width_), detail::float_rows(v, tokens, width_), mask);
+    }
+    /// Adds another accumulator's statistics (e.g. one per thread).
+    void merge(const KvStats& other) {
+        require(&other != this, "KvStats::merge: cannot merge into itself");
+        const KvStats copy(other);
+        require(copy.width_ == width_, "KvStats::merge: kv widths differ (", copy.width_, " vs ", width_, ")");
+        std::lock_guard<std::mutex> lk(m_);
+        s_ += copy.s_;
+        tokens_ += copy.tokens_;
+    }
+    /// Number of (non-padding) tokens accumulated.
+    std::int64_t tokens() const {
+        std::lock_guard<std::mutex> lk(m_);
+        return tokens_;
+    }
+    /// S, 2L×2L: keys first, then values.
+    MatrixXd moment() const {
+        std::lock_guard<std::mutex> lk(m_);
+        return s_;
+    }
+    /// Set S directly (deserialisation, synthetic statistics): symmetric 2L×2L, finite.
+    void set_moment(MatrixXd s, std::int64_t tokens) {
+        require(s.rows() == s.cols() && s.rows() >= 2 && s.rows() % 2 == 0,
+                "KvStats::set_moment: S must be square 2L×2L, got ", s.rows(), "x", s.cols());
+        require(tokens > 0, "KvStats::set_moment: tokens must be positive, got ", tokens);
+        for (Eigen::Index i = 0; i < s.size(); ++i)
+            require(std::isfinite(s.data()[i]), "KvStats::set_moment: non-finite entry");
+        require((s - s.transpose()).cwiseAbs().maxCoeff() <= 1e-12 * s.cwiseAbs().maxCoeff(),
+                "KvStats::set_moment: S is not symmetric");
+        std::lock_guard<std::mutex> lk(m_);
+        width_ = int(s.rows() / 2);
+        s_ = std::move(s);
+        tokens_ = tokens;
+    }
+
+private:
+    int width_ = 0;
+    MatrixXd s_;
+    std::int64_t tokens_ = 0;
     mutable std::mutex m_;
 };
 

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace transmla::convert {
@@ -154,21 +155,35 @@ inline MatrixXd rorope_rotation(const MatrixXd& key_moment, const FreqFoldMap& m
 
 /// M·W for the RoRoPE rotation M of `map` (any W with L rows), using M's block structure: the
 /// rows of group a, half s mix only the n_kv·F key rows of that group and half (cost L·n_kv·F
-/// per column instead of L²).
+/// per column instead of L²). W's rows are gathered column by column into group order, each
+/// group is one small GEMM, and the result is scattered back the same way (row gathers across a
+/// column-major matrix would touch a new page per element).
 inline MatrixXd rotate_rows(const FreqFoldMap& map, const MatrixXd& m, const MatrixXd& w) {
     const int L = map.latent_width(), n = map.group_size();
     detail::check_matrix(m, L, L, "rotate_rows", "rotation");
     require(w.rows() == L, "rotate_rows: W has ", w.rows(), " rows, expected L = ", L);
-    MatrixXd out(L, w.cols());
-    MatrixXd wg(n, w.cols()), mg(n, n);
+    std::vector<int> from(static_cast<std::size_t>(L)), to(static_cast<std::size_t>(L));  // block b = 2a + s, row b·n + i
+    std::vector<MatrixXd> mg;
     for (int a = 0; a < map.G; ++a)
         for (int s = 0; s < 2; ++s) {
-            for (int phi = 0; phi < n; ++phi) wg.row(phi) = w.row(map.key_index(a, phi, s));
+            const int b = 2 * a + s;
+            MatrixXd g(n, n);
+            for (int i = 0; i < n; ++i) {
+                from[std::size_t(b * n + i)] = map.key_index(a, i, s);
+                to[std::size_t(b * n + i)] = map.latent_index(i, a, s);
+            }
             for (int pp = 0; pp < n; ++pp)
-                for (int phi = 0; phi < n; ++phi) mg(pp, phi) = m(map.latent_index(pp, a, s), map.key_index(a, phi, s));
-            const MatrixXd prod = mg * wg;
-            for (int pp = 0; pp < n; ++pp) out.row(map.latent_index(pp, a, s)) = prod.row(pp);
+                for (int phi = 0; phi < n; ++phi) g(pp, phi) = m(map.latent_index(pp, a, s), map.key_index(a, phi, s));
+            mg.push_back(std::move(g));
         }
+    const Eigen::Index cols = w.cols();
+    MatrixXd gathered(L, cols), prod(L, cols), out(L, cols);
+    for (Eigen::Index c = 0; c < cols; ++c)
+        for (int q = 0; q < L; ++q) gathered(q, c) = w(from[std::size_t(q)], c);
+    for (int b = 0; b < 2 * map.G; ++b)
+        prod.middleRows(Eigen::Index(b) * n, n).noalias() = mg[std::size_t(b)] * gathered.middleRows(Eigen::Index(b) * n, n);
+    for (Eigen::Index c = 0; c < cols; ++c)
+        for (int q = 0; q < L; ++q) out(to[std::size_t(q)], c) = prod(q, c);
     return out;
 }
 
@@ -208,6 +223,17 @@ inline PartialRopeLayer rorope(const GqaLayer& l, const CalibrationStats& origin
     return rorope_from_moment(l, original.project(l.wk, l.bk), d_r, F, keep_all_rope);
 }
 
+/// Step 2 from the key/value statistics of the ORIGINAL layer (its pre-RoPE keys k̂ = W_K x + b_K):
+/// only the key block S[:L, :L] is used.
+inline PartialRopeLayer rorope(const GqaLayer& l, const KvStats& original, int d_r, int F, bool keep_all_rope = false) {
+    l.validate();
+    const int L = l.kv_width();
+    require(original.kv_width() == L, "rorope: key/value statistics have kv width ", original.kv_width(),
+            ", the layer L = n_kv·d = ", L);
+    require(original.tokens() > 0, "rorope: the key/value statistics hold no tokens");
+    return rorope_from_moment(l, original.moment().topLeftCorner(L, L), d_r, F, keep_all_rope);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Step 3: balanced KV
 // ------------------------------------------------------------------------------------------------
@@ -233,15 +259,19 @@ inline double bkv_alpha(const PartialRopeLayer& p, const CalibrationStats& stats
 
 /// Step 3: sets the layer's balance factor to α: W̃_K[d_r:], b̃_K[d_r:] become M W_K / α and the
 /// no-RoPE selector columns are multiplied by α (selector()). Function-preserving.
-inline PartialRopeLayer balance_kv(const PartialRopeLayer& p, double alpha) {
+/// Step 3 in place (no copy of the layer's weights).
+inline void balance_kv_in_place(PartialRopeLayer& p, double alpha) {
     p.validate();
     require(alpha > 0 && std::isfinite(alpha), "balance_kv: alpha must be positive and finite, got ", alpha);
-    PartialRopeLayer out = p;
     const int n = p.kv_width() - p.rope_dim;
     const double f = p.alpha / alpha;
-    out.wk.bottomRows(n) *= f;
-    if (out.bk.size()) out.bk.tail(n) *= f;
-    out.alpha = alpha;
+    p.wk.bottomRows(n) *= f;
+    if (p.bk.size()) p.bk.tail(n) *= f;
+    p.alpha = alpha;
+}
+inline PartialRopeLayer balance_kv(const PartialRopeLayer& p, double alpha) {
+    PartialRopeLayer out = p;
+    balance_kv_in_place(out, alpha);
     return out;
 }
 
@@ -307,7 +337,7 @@ struct JointMoment {
     /// H_z x.
     MatrixXd apply(const MatrixXd& x) const {
         if (factored()) return b * (b.transpose() * x);
-        return h.selfadjointView<Eigen::Lower>() * x;
+        return h * x;  // h is stored full (both triangles): the general product is twice as fast
     }
 };
 
@@ -351,6 +381,45 @@ inline JointMoment joint_moment(const PartialRopeLayer& p, const CalibrationStat
     return jm;
 }
 
+/// H_z from the key/value statistics of the partial-RoPE layer p (its rotated pre-RoPE keys
+/// k̃ = W̃_K x + b̃_K, gathered at p's current α, and its values): the block S[d_r:, d_r:]. No
+/// projection: this is what makes converting from KvStats fast.
+inline JointMoment joint_moment(const PartialRopeLayer& p, const KvStats& after) {
+    p.validate();
+    const int L = p.kv_width();
+    require(after.kv_width() == L, "joint_moment: key/value statistics have kv width ", after.kv_width(),
+            ", the layer L = n_kv·d = ", L);
+    require(after.tokens() > 0, "joint_moment: the key/value statistics hold no tokens");
+    JointMoment jm;
+    jm.nk = L - p.rope_dim;
+    jm.n = jm.nk + L;
+    jm.h = after.moment().bottomRightCorner(jm.n, jm.n);
+    jm.diag = jm.h.diagonal();
+    return jm;
+}
+
+/// The key/value statistics the partial-RoPE layer p would give on the same tokens as `original`
+/// (the original layer's pre-RoPE keys and values): keys k̃ = Λ_α⁻¹ M k̂, values unchanged. What
+/// convert_layer uses when no statistics of the partial-RoPE model are given.
+inline KvStats rotate_kv_stats(const PartialRopeLayer& p, const KvStats& original) {
+    p.validate();
+    const int L = p.kv_width();
+    require(original.kv_width() == L, "rotate_kv_stats: key/value statistics have kv width ", original.kv_width(),
+            ", the layer L = n_kv·d = ", L);
+    MatrixXd rot = p.rotation;
+    if (L > p.rope_dim) rot.bottomRows(L - p.rope_dim) /= p.alpha;
+    const MatrixXd s = original.moment();
+    MatrixXd out(2 * L, 2 * L);
+    out.topLeftCorner(L, L) = rot * s.topLeftCorner(L, L) * rot.transpose();
+    out.topRightCorner(L, L) = rot * s.topRightCorner(L, L);
+    out.bottomLeftCorner(L, L) = out.topRightCorner(L, L).transpose();
+    out.bottomRightCorner(L, L) = s.bottomRightCorner(L, L);
+    out = (0.5 * (out + out.transpose())).eval();
+    KvStats k(L);
+    k.set_moment(std::move(out), original.tokens());
+    return k;
+}
+
 /// α of step 3 from a joint moment computed at the layer's current α (`alpha_now`).
 inline double bkv_alpha(const JointMoment& jm, int rope_dim, double alpha_now) {
     require(jm.nk > 0, "bkv_alpha: the layer keeps RoPE on every latent dim; nothing to balance");
@@ -363,7 +432,7 @@ inline double bkv_alpha(const JointMoment& jm, int rope_dim, double alpha_now) {
 }
 
 /// Step 4 at rank r from a joint moment of p (at p's α).
-inline JointPca joint_pca(const PartialRopeLayer& p, const JointMoment& jm, int r, SubspaceOptions opt = {}) {
+inline JointPca joint_pca(const PartialRopeLayer& p, const JointMoment& jm, int r, EigenOptions opt = {}) {
     p.validate();
     const int L = p.kv_width(), nk = L - p.rope_dim, n = nk + L;
     require(jm.n == n && jm.nk == nk, "joint_pca: the joint moment has width ", jm.n, ", the layer needs ", n);
@@ -415,11 +484,15 @@ namespace detail {
 /// W_DKV = Rᵀ A, b_DKV = Rᵀ b and kv_b = B R for a basis R (n × r) of the joint space.
 inline void project_basis(const PartialRopeLayer& p, const MatrixXd& basis, JointPca& out) {
     const int L = p.kv_width(), nk = L - p.rope_dim, r = int(basis.cols());
-    MatrixXd a;
-    VectorXd b;
-    joint_matrix(p, a, b);
-    out.w_dkv = basis.transpose() * a;
-    out.b_dkv = b.size() ? VectorXd(basis.transpose() * b) : VectorXd();
+    // Rᵀ A with A = [W̃_K[d_r:] ; W_V], block by block (no copy of A)
+    out.w_dkv.noalias() = basis.bottomRows(L).transpose() * p.wv;
+    if (nk > 0) out.w_dkv.noalias() += basis.topRows(nk).transpose() * p.wk.bottomRows(nk);
+    out.b_dkv.resize(0);
+    if (p.bk.size() || p.bv.size()) {
+        out.b_dkv = VectorXd::Zero(r);
+        if (p.bv.size()) out.b_dkv += basis.bottomRows(L).transpose() * p.bv;
+        if (p.bk.size() && nk > 0) out.b_dkv += basis.topRows(nk).transpose() * p.bk.tail(nk);
+    }
     const auto& e_vectors = basis;
     // Up projection B R_r, head i: k rows S̃_i[:, d_r:] R_r[:nk], v rows R_r[nk + γ(i)·d : +d].
     // (computed once per KV head and copied to the g query heads that share it)
@@ -441,7 +514,7 @@ inline void project_basis(const PartialRopeLayer& p, const MatrixXd& basis, Join
 
 /// Step 4 at rank r (1 ≤ r ≤ 2L − d_r) on the statistics of the partial-RoPE model (its layer
 /// must already carry its α).
-inline JointPca joint_pca(const PartialRopeLayer& p, const CalibrationStats& stats, int r, SubspaceOptions opt = {}) {
+inline JointPca joint_pca(const PartialRopeLayer& p, const CalibrationStats& stats, int r, EigenOptions opt = {}) {
     return joint_pca(p, joint_moment(p, stats), r, opt);
 }
 
@@ -484,9 +557,12 @@ inline MlaQuery build_query(const PartialRopeLayer& p, int q_lora_rank = 0, cons
         q.q_proj.resize(Eigen::Index(p.n_q) * (d + dr), p.hidden);
         if (p.bq.size()) q.q_bias.resize(Eigen::Index(p.n_q) * (d + dr));
         for (int i = 0; i < p.n_q; ++i) {
-            const MatrixXd hm = head_map(i);
-            q.q_proj.middleRows(Eigen::Index(i) * (d + dr), d + dr) = hm * p.wq.middleRows(Eigen::Index(i) * d, d);
-            if (p.bq.size()) q.q_bias.segment(Eigen::Index(i) * (d + dr), d + dr) = hm * p.bq.segment(Eigen::Index(i) * d, d);
+            // σ·W_Q^i, then σ·P_iᵀ W_Q^i (the identity block is a copy, not a product)
+            const Eigen::Index o = Eigen::Index(i) * (d + dr);
+            const auto wqi = p.wq.middleRows(Eigen::Index(i) * d, d);
+            q.q_proj.middleRows(o, d) = q.sigma * wqi;
+            q.q_proj.middleRows(o + d, dr).noalias() = head_map(i).bottomRows(dr) * wqi;
+            if (p.bq.size()) q.q_bias.segment(o, d + dr) = head_map(i) * p.bq.segment(Eigen::Index(i) * d, d);
         }
         return q;
     }
@@ -510,7 +586,7 @@ inline MlaQuery build_query(const PartialRopeLayer& p, int q_lora_rank = 0, cons
 
 /// Step 6: kv_a_proj_with_mqa = [W_DKV ; W̃_K[:d_r]] (bias [b_DKV ; b̃_K[:d_r]] if any), kv_b_proj =
 /// B R_r, o_proj unchanged; dn = dv = d, dr = d_r, H = n_q, scale (d + d_r)^−½.
-inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, const MlaQuery& q) {
+inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, MlaQuery q) {
     p.validate();
     const int d = p.head_dim, dr = p.rope_dim, r = pca.rank;
     detail::check_matrix(pca.w_dkv, r, p.hidden, "assemble", "W_DKV");
@@ -523,8 +599,8 @@ inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, const M
     m.qk_nope_head_dim = d;
     m.qk_rope_head_dim = dr;
     m.v_head_dim = d;
-    m.q_proj = q.q_proj, m.q_bias = q.q_bias;
-    m.q_a_proj = q.q_a_proj, m.q_a_bias = q.q_a_bias, m.q_b_proj = q.q_b_proj;
+    m.q_proj = std::move(q.q_proj), m.q_bias = std::move(q.q_bias);
+    m.q_a_proj = std::move(q.q_a_proj), m.q_a_bias = std::move(q.q_a_bias), m.q_b_proj = std::move(q.q_b_proj);
     m.kv_a_proj_with_mqa.resize(r + dr, p.hidden);
     m.kv_a_proj_with_mqa.topRows(r) = pca.w_dkv;
     m.kv_a_proj_with_mqa.bottomRows(dr) = p.wk.topRows(dr);
@@ -597,23 +673,25 @@ inline int resolve_rank(const ConvertOptions& o, int n_kv, int head_dim, int rop
     return r;
 }
 
-/// Steps 3–6 on the statistics of the partial-RoPE model (`after`): α (if o.balance), joint PCA
-/// at rank `r`, query and scale (low-rank query if o.q_lora_rank), assembly. Fills the report's
-/// alpha, pca_energy, key/value errors and cache sizes when given.
-inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const CalibrationStats& after, int r,
-                                const ConvertOptions& o, LayerReport* report = nullptr) {
-    partial.validate();
-    PartialRopeLayer p = partial;
+/// Steps 3–6 from the joint moment `jm` of the partial-RoPE layer p (at its current α): α (if
+/// o.balance; p is balanced in place, without a copy of its weights), joint PCA at rank `r`,
+/// query and scale (low-rank query if o.q_lora_rank, which needs the input statistics
+/// `query_stats`), assembly. Fills the report's alpha, pca_energy, key/value errors and cache
+/// sizes when given.
+inline MlaLayer finish_transmla_in_place(PartialRopeLayer& p, JointMoment jm, int r, const ConvertOptions& o,
+                                         const CalibrationStats* query_stats, LayerReport* report = nullptr) {
+    p.validate();
     const int L = p.kv_width();
-    JointMoment jm = joint_moment(p, after);  // one product, shared by α and the PCA
+    require(o.q_lora_rank == 0 || query_stats != nullptr, "q_lora_rank = ", o.q_lora_rank,
+            " needs the input statistics (CalibrationStats) for the query PCA; key/value statistics have no "
+            "query moment: use q_lora_rank = 0");
     if (o.balance && p.rope_dim < L) {
         const double alpha = bkv_alpha(jm, p.rope_dim, p.alpha);
         jm.scale_keys(p.alpha / alpha);
-        p = balance_kv(p, alpha);
+        balance_kv_in_place(p, alpha);
     }
     const JointPca pca = joint_pca(p, jm, r);
-    const MlaQuery q = build_query(p, o.q_lora_rank, &after);
-    MlaLayer m = assemble(p, pca, q);
+    MlaLayer m = assemble(p, pca, build_query(p, o.q_lora_rank, query_stats));
     if (report) {
         report->rope_dim = p.rope_dim;
         report->rank = r;
@@ -627,6 +705,26 @@ inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const Calibrati
         report->cache_converted = m.cache_per_token();
     }
     return m;
+}
+
+/// Steps 3–6 from the joint moment `jm` of the partial-RoPE layer (unchanged; see above).
+inline MlaLayer finish_transmla(const PartialRopeLayer& partial, JointMoment jm, int r, const ConvertOptions& o,
+                                const CalibrationStats* query_stats, LayerReport* report = nullptr) {
+    PartialRopeLayer p = partial;
+    return finish_transmla_in_place(p, std::move(jm), r, o, query_stats, report);
+}
+
+/// Steps 3–6 on the input statistics of the partial-RoPE model (`after`); see above.
+inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const CalibrationStats& after, int r,
+                                const ConvertOptions& o, LayerReport* report = nullptr) {
+    return finish_transmla(partial, joint_moment(partial, after), r, o, &after, report);
+}
+
+/// Steps 3–6 on the key/value statistics of the partial-RoPE layer (`after`: its rotated keys
+/// and its values, gathered at its current α); o.q_lora_rank must be 0.
+inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const KvStats& after, int r, const ConvertOptions& o,
+                                LayerReport* report = nullptr) {
+    return finish_transmla(partial, joint_moment(partial, after), r, o, nullptr, report);
 }
 
 }  // namespace transmla::convert
