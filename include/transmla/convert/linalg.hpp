@@ -55,6 +55,74 @@ inline EigenTop eigen_full(const Eigen::MatrixXd& h, Eigen::Index k = -1) {
 
 namespace detail {
 
+// The skinny product Aᵀ B of the Lanczos iteration (B has p ≤ a few dozen columns, A is the n×n
+// operator or the n×m basis). Eigen's GEMM copies ("packs") its large operand on every call,
+// which for these shapes costs as much as the arithmetic; this kernel reads it in place. Register-blocked with
+// Eigen's packet primitives (whatever SIMD the translation unit is compiled for) and split over
+// OpenMP threads when the build has OpenMP.
+using Packet = Eigen::internal::packet_traits<double>::type;
+inline constexpr int packet_size = Eigen::internal::packet_traits<double>::size;
+
+/// C = Aᵀ B for A n×m and B n×p (column-major with unit inner stride), C m×p.
+inline void gemm_tn(const Eigen::Ref<const Eigen::MatrixXd>& a, const Eigen::Ref<const Eigen::MatrixXd>& b,
+                    Eigen::MatrixXd& c) {
+    namespace ei = Eigen::internal;
+    const Eigen::Index n = a.rows(), m = a.cols(), p = b.cols();
+    c.resize(m, p);
+    const Eigen::Index nv = n / packet_size * packet_size;
+    const Eigen::Index mb = (m + 3) / 4;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if (n * m * p > (1 << 18))
+#endif
+    for (Eigen::Index blk = 0; blk < mb; ++blk) {
+        const Eigen::Index i0 = blk * 4;
+        if (i0 + 4 > m) {  // edge columns of A: plain dot products
+            for (Eigen::Index i = i0; i < m; ++i)
+                for (Eigen::Index j = 0; j < p; ++j) c(i, j) = a.col(i).dot(b.col(j));
+            continue;
+        }
+        const double* a0 = a.col(i0).data();
+        const double* a1 = a.col(i0 + 1).data();
+        const double* a2 = a.col(i0 + 2).data();
+        const double* a3 = a.col(i0 + 3).data();
+        Eigen::Index j = 0;
+        for (; j + 2 <= p; j += 2) {
+            const double* b0 = b.col(j).data();
+            const double* b1 = b.col(j + 1).data();
+            Packet s00 = ei::pset1<Packet>(0.0), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00,
+                   s31 = s00;
+            for (Eigen::Index r = 0; r < nv; r += packet_size) {
+                const Packet x0 = ei::ploadu<Packet>(b0 + r), x1 = ei::ploadu<Packet>(b1 + r);
+                Packet y = ei::ploadu<Packet>(a0 + r);
+                s00 = ei::pmadd(y, x0, s00);
+                s01 = ei::pmadd(y, x1, s01);
+                y = ei::ploadu<Packet>(a1 + r);
+                s10 = ei::pmadd(y, x0, s10);
+                s11 = ei::pmadd(y, x1, s11);
+                y = ei::ploadu<Packet>(a2 + r);
+                s20 = ei::pmadd(y, x0, s20);
+                s21 = ei::pmadd(y, x1, s21);
+                y = ei::ploadu<Packet>(a3 + r);
+                s30 = ei::pmadd(y, x0, s30);
+                s31 = ei::pmadd(y, x1, s31);
+            }
+            double t[4][2] = {{ei::predux(s00), ei::predux(s01)},
+                              {ei::predux(s10), ei::predux(s11)},
+                              {ei::predux(s20), ei::predux(s21)},
+                              {ei::predux(s30), ei::predux(s31)}};
+            for (Eigen::Index r = nv; r < n; ++r)
+                for (int x = 0; x < 4; ++x) {
+                    const double av = a(r, i0 + x);
+                    t[x][0] += av * b0[r];
+                    t[x][1] += av * b1[r];
+                }
+            for (int x = 0; x < 4; ++x) c(i0 + x, j) = t[x][0], c(i0 + x, j + 1) = t[x][1];
+        }
+        for (; j < p; ++j)
+            for (int x = 0; x < 4; ++x) c(i0 + x, j) = a.col(i0 + x).dot(b.col(j));
+    }
+}
+
 /// Gaussian elimination with partial pivoting of S − σI for a symmetric tridiagonal S (diagonal
 /// a, off-diagonal b): U has two superdiagonals. Pivots smaller than `tiny` are replaced by ±tiny
 /// (S − σI is singular to working precision when σ is an eigenvalue, which is the point).
@@ -325,9 +393,15 @@ inline EigenTop eigen_top_lanczos(const std::function<Eigen::MatrixXd(const Eige
         w.noalias() -= vj * alpha;
         if (j > 0) w.noalias() -= v.middleCols((j - 1) * p, p) * t.block(j * p, (j - 1) * p, p, p).transpose();
         const auto basis = v.leftCols(m);
+        // Classical Gram–Schmidt against the whole basis; a second pass when a column lost more
+        // than 30 % of its norm to the first (the DGKS criterion: then it may still carry basis
+        // components at the level of rounding relative to its old norm).
+        Eigen::MatrixXd c;
         for (int pass = 0; pass < 2; ++pass) {
-            const Eigen::MatrixXd c = basis.transpose() * w;
+            const Eigen::VectorXd before = w.colwise().norm();
+            detail::gemm_tn(basis, w, c);
             w.noalias() -= basis * c;
+            if ((w.colwise().norm().transpose().array() >= 0.7 * before.array()).all()) break;
         }
         // Next block: an orthonormal basis of w; columns w does not determine (rank deficiency:
         // an invariant subspace was found) are completed by a second projection against the basis.
@@ -339,7 +413,7 @@ inline EigenTop eigen_top_lanczos(const std::function<Eigen::MatrixXd(const Eige
                 if (rd(i) <= 1e-8 * std::max(rd.maxCoeff(), alpha.cwiseAbs().maxCoeff()))
                     for (Eigen::Index r = 0; r < n; ++r) q(r, i) = nd(gen);
             for (int pass = 0; pass < 2; ++pass) {
-                const Eigen::MatrixXd c = basis.transpose() * q;
+                detail::gemm_tn(basis, q, c);
                 q.noalias() -= basis * c;
                 Eigen::HouseholderQR<Eigen::MatrixXd> q2(q);
                 q = q2.householderQ() * Eigen::MatrixXd::Identity(n, p);
@@ -379,7 +453,13 @@ inline EigenTop eigen_top(const Eigen::MatrixXd& h, Eigen::Index k, EigenOptions
     const Eigen::Index n = h.rows();
     require(k >= 1 && k <= n, "eigen_top: k = ", k, " must be in [1, ", n, "]");
     if (n <= 768 || 3 * k > n) return eigen_top_dense(h, k);
-    return eigen_top_lanczos([&](const Eigen::MatrixXd& x) { return Eigen::MatrixXd(h * x); }, n, k, h.trace(), opt);
+    return eigen_top_lanczos(
+        [&](const Eigen::MatrixXd& x) {
+            Eigen::MatrixXd y;
+            detail::gemm_tn(h, x, y);  // h symmetric: hᵀ x = h x
+            return y;
+        },
+        n, k, h.trace(), opt);
 }
 
 }  // namespace transmla::convert

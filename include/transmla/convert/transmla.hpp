@@ -189,8 +189,9 @@ inline MatrixXd rotate_rows(const FreqFoldMap& map, const MatrixXd& m, const Mat
 
 /// Step 2 from the pre-RoPE key moment Σ k̂ k̂ᵀ (L×L, bias included): the partial-RoPE layer.
 /// RoPE is kept on the first d_r latent dims, or on all L when keep_all_rope (with F = 1 that is
-/// exact: the rotation commutes with RoPE).
-inline PartialRopeLayer rorope_from_moment(const GqaLayer& l, const MatrixXd& key_moment, int d_r, int F,
+/// exact: the rotation commutes with RoPE). The layer is taken by value: pass std::move(layer)
+/// to hand its W_Q, W_V, W_O over to the partial layer instead of copying them.
+inline PartialRopeLayer rorope_from_moment(GqaLayer l, const MatrixXd& key_moment, int d_r, int F,
                                            bool keep_all_rope = false) {
     l.validate();
     const FreqFoldMap map(l.n_kv, l.head_dim, d_r, F, l.rope.pairing);
@@ -206,32 +207,34 @@ inline PartialRopeLayer rorope_from_moment(const GqaLayer& l, const MatrixXd& ke
     double energy = 1.0;
     p.rotation = rorope_rotation(key_moment, map, &energy);
     p.rope_energy = keep_all_rope ? 1.0 : energy;
-    p.wq = l.wq, p.bq = l.bq;
     p.wk = rotate_rows(map, p.rotation, l.wk);
     if (l.bk.size()) p.bk = rotate_rows(map, p.rotation, l.bk);
-    p.wv = l.wv, p.bv = l.bv, p.wo = l.wo;
+    p.wq = std::move(l.wq), p.bq = std::move(l.bq);
+    p.wv = std::move(l.wv), p.bv = std::move(l.bv), p.wo = std::move(l.wo);
     p.alpha = 1.0;
     return p;
 }
 
-/// Step 2 from the statistics of the ORIGINAL model's attention input at this layer.
-inline PartialRopeLayer rorope(const GqaLayer& l, const CalibrationStats& original, int d_r, int F,
-                               bool keep_all_rope = false) {
+/// Step 2 from the statistics of the ORIGINAL model's attention input at this layer (layer by
+/// value, as rorope_from_moment).
+inline PartialRopeLayer rorope(GqaLayer l, const CalibrationStats& original, int d_r, int F, bool keep_all_rope = false) {
     l.validate();
     require(original.hidden() == l.hidden, "rorope: statistics have hidden size ", original.hidden(),
             ", the layer ", l.hidden);
-    return rorope_from_moment(l, original.project(l.wk, l.bk), d_r, F, keep_all_rope);
+    MatrixXd key_moment = original.project(l.wk, l.bk);
+    return rorope_from_moment(std::move(l), key_moment, d_r, F, keep_all_rope);
 }
 
 /// Step 2 from the key/value statistics of the ORIGINAL layer (its pre-RoPE keys k̂ = W_K x + b_K):
-/// only the key block S[:L, :L] is used.
-inline PartialRopeLayer rorope(const GqaLayer& l, const KvStats& original, int d_r, int F, bool keep_all_rope = false) {
+/// only the key block S[:L, :L] is used (layer by value, as rorope_from_moment).
+inline PartialRopeLayer rorope(GqaLayer l, const KvStats& original, int d_r, int F, bool keep_all_rope = false) {
     l.validate();
     const int L = l.kv_width();
     require(original.kv_width() == L, "rorope: key/value statistics have kv width ", original.kv_width(),
             ", the layer L = n_kv·d = ", L);
     require(original.tokens() > 0, "rorope: the key/value statistics hold no tokens");
-    return rorope_from_moment(l, original.moment().topLeftCorner(L, L), d_r, F, keep_all_rope);
+    MatrixXd key_moment = original.moment().topLeftCorner(L, L);
+    return rorope_from_moment(std::move(l), key_moment, d_r, F, keep_all_rope);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -584,10 +587,10 @@ inline MlaQuery build_query(const PartialRopeLayer& p, int q_lora_rank = 0, cons
 // Step 6: assembly (DeepSeek-V3 layout)
 // ------------------------------------------------------------------------------------------------
 
-/// Step 6: kv_a_proj_with_mqa = [W_DKV ; W̃_K[:d_r]] (bias [b_DKV ; b̃_K[:d_r]] if any), kv_b_proj =
-/// B R_r, o_proj unchanged; dn = dv = d, dr = d_r, H = n_q, scale (d + d_r)^−½.
-inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, MlaQuery q) {
-    p.validate();
+namespace detail {
+/// assemble() with the output projection given (copied or moved from p.wo by the caller, who
+/// has validated p).
+inline MlaLayer assemble_with(const PartialRopeLayer& p, const JointPca& pca, MlaQuery q, MatrixXd o_proj) {
     const int d = p.head_dim, dr = p.rope_dim, r = pca.rank;
     detail::check_matrix(pca.w_dkv, r, p.hidden, "assemble", "W_DKV");
     detail::check_matrix(pca.kv_b, Eigen::Index(p.n_q) * 2 * d, r, "assemble", "kv_b");
@@ -610,12 +613,20 @@ inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, MlaQuer
         if (p.bk.size()) m.kv_a_bias.tail(dr) = p.bk.head(dr);
     }
     m.kv_b_proj = pca.kv_b;
-    m.o_proj = p.wo;
+    m.o_proj = std::move(o_proj);
     m.rope_inv_freq = p.rope_inv_freq;
     m.rope_attention_factor = p.rope_attention_factor;
     m.softmax_scale = 1.0 / std::sqrt(double(d + dr));
     m.validate();
     return m;
+}
+}  // namespace detail
+
+/// Step 6: kv_a_proj_with_mqa = [W_DKV ; W̃_K[:d_r]] (bias [b_DKV ; b̃_K[:d_r]] if any), kv_b_proj =
+/// B R_r, o_proj unchanged; dn = dv = d, dr = d_r, H = n_q, scale (d + d_r)^−½.
+inline MlaLayer assemble(const PartialRopeLayer& p, const JointPca& pca, MlaQuery q) {
+    p.validate();
+    return detail::assemble_with(p, pca, std::move(q), p.wo);
 }
 
 /// The partial-RoPE layer written exactly as an MLA layer (DeepSeek-V3 layout) without any
@@ -679,7 +690,8 @@ inline int resolve_rank(const ConvertOptions& o, int n_kv, int head_dim, int rop
 /// `query_stats`), assembly. Fills the report's alpha, pca_energy, key/value errors and cache
 /// sizes when given.
 inline MlaLayer finish_transmla_in_place(PartialRopeLayer& p, JointMoment jm, int r, const ConvertOptions& o,
-                                         const CalibrationStats* query_stats, LayerReport* report = nullptr) {
+                                         const CalibrationStats* query_stats, LayerReport* report = nullptr,
+                                         bool take_o_proj = false) {
     p.validate();
     const int L = p.kv_width();
     require(o.q_lora_rank == 0 || query_stats != nullptr, "q_lora_rank = ", o.q_lora_rank,
@@ -691,7 +703,9 @@ inline MlaLayer finish_transmla_in_place(PartialRopeLayer& p, JointMoment jm, in
         balance_kv_in_place(p, alpha);
     }
     const JointPca pca = joint_pca(p, jm, r);
-    MlaLayer m = assemble(p, pca, build_query(p, o.q_lora_rank, query_stats));
+    MlaQuery q = build_query(p, o.q_lora_rank, query_stats);
+    MatrixXd o_proj = take_o_proj ? std::move(p.wo) : p.wo;
+    MlaLayer m = detail::assemble_with(p, pca, std::move(q), std::move(o_proj));
     if (report) {
         report->rope_dim = p.rope_dim;
         report->rank = r;
@@ -725,6 +739,17 @@ inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const Calibrati
 inline MlaLayer finish_transmla(const PartialRopeLayer& partial, const KvStats& after, int r, const ConvertOptions& o,
                                 LayerReport* report = nullptr) {
     return finish_transmla(partial, joint_moment(partial, after), r, o, nullptr, report);
+}
+
+/// The same, consuming the partial-RoPE layer: its W_O moves into the MLA layer instead of being
+/// copied (an engine converting layer by layer holds each weight once).
+inline MlaLayer finish_transmla(PartialRopeLayer&& partial, const CalibrationStats& after, int r,
+                                const ConvertOptions& o, LayerReport* report = nullptr) {
+    return finish_transmla_in_place(partial, joint_moment(partial, after), r, o, &after, report, true);
+}
+inline MlaLayer finish_transmla(PartialRopeLayer&& partial, const KvStats& after, int r, const ConvertOptions& o,
+                                LayerReport* report = nullptr) {
+    return finish_transmla_in_place(partial, joint_moment(partial, after), r, o, nullptr, report, true);
 }
 
 }  // namespace transmla::convert
