@@ -165,6 +165,33 @@ TEST_CASE("convert_layer from KvStats equals convert_layer from the input moment
     }
 }
 
+TEST_CASE("engine path (README): moved layers give the same MLA layer as convert_layer") {
+    Setup s(96, 8, 4, 16, RopePairing::interleaved, true);
+    const GqaLayer& l = s.layer;
+    const Eigen::MatrixXd x1 = s.gen.tokens(400, 0), x2 = s.gen.tokens(400, 5);
+    const KvStats first = kv_of(l.wk, l.bk, l.wv, l.bv, x1);
+    ConvertOptions opt;
+    opt.rope_dim = 8, opt.freqfold = 4, opt.rank = 48;
+    GqaLayer moved = l;
+    PartialRopeLayer partial = rorope(std::move(moved), first, opt.rope_dim, opt.freqfold);
+    CHECK(moved.wq.size() == 0);  // handed over, not copied
+    CHECK(rel_err(partial.wq, l.wq) == 0.0);
+    CHECK(rel_err(partial.wo, l.wo) == 0.0);
+    const KvStats second = kv_of(partial.wk, partial.bk, partial.wv, partial.bv, x2);
+    LayerReport report;
+    const MlaLayer mla = finish_transmla(std::move(partial), second, opt.rank, opt, &report);
+    CHECK(partial.wo.size() == 0);
+    CHECK(rel_err(mla.o_proj, l.wo) == 0.0);
+    const ConvertResult ref = convert_layer(l, first, &second, opt);
+    CHECK(report.alpha == ref.report.alpha);
+    CHECK(report.pca_energy == ref.report.pca_energy);
+    CHECK(rel_err(mla.kv_a_proj_with_mqa, ref.mla.kv_a_proj_with_mqa) == 0.0);
+    CHECK(rel_err(mla.kv_b_proj, ref.mla.kv_b_proj) == 0.0);
+    CHECK(rel_err(mla.q_proj, ref.mla.q_proj) == 0.0);
+    CHECK(rel_err(forward(absorb(mla), s.held.x, s.held.positions), forward(ref.mla, s.held.x, s.held.positions)) <=
+          1e-10);
+}
+
 TEST_CASE("KvStats conversion: what needs the input moment says so") {
     Setup s(64, 6, 3, 16, RopePairing::half_split, false);
     const GqaLayer& l = s.layer;

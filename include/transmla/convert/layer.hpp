@@ -29,6 +29,11 @@
 //   3. mla[l] = finish_transmla(partial[l], stats_after[l], options).
 // convert_layer(gqa, stats_orig, &stats_after, options) does 1 + 3 for one layer (with
 // stats_after = nullptr it reuses stats_orig for steps 3–4).
+// The statistics are either CalibrationStats (the input moment, (D+1)², everything) or, cheaper
+// for GQA layers, KvStats (the key/value moment, (2L)²: in pass 1 the original layer's pre-RoPE
+// keys and values, in pass 2 the partial layer's own rotated keys and values; no MHA2MLA, no
+// low-rank query). Pass std::move(layer) to rorope and std::move(partial) to finish_transmla
+// to hand the weights over instead of copying them.
 #pragma once
 
 #include "transmla/error.hpp"
