@@ -291,7 +291,7 @@ struct JointPca {
     double key_energy = 0, value_energy = 0;  ///< traces of the key and value blocks of H_z
     double key_error = 0, value_error = 0;    ///< E‖(I − R Rᵀ) z‖² restricted to the key / value block
     double max_residual = 0;  ///< eigensolver residual (relative to λ_1)
-    int iterations = 0;       ///< subspace iterations (0: full solver)
+    int iterations = 0;       ///< Lanczos block steps of the eigensolver (0: dense solver)
     MatrixXd w_dkv;  ///< [r][D] = R_rᵀ [W̃_K[d_r:] ; W_V]
     VectorXd b_dkv;  ///< [r] or empty (no key/value bias)
     MatrixXd kv_b;   ///< [n_q·2d][r] = B R_r, per head [k rows (d) | v rows (d)]
