@@ -84,6 +84,28 @@ double eigen_residual(const Eigen::MatrixXd& h, const EigenTop& e) {
 }
 }  // namespace
 
+TEST_CASE("tridiagonalize: same tridiagonal matrix as Eigen's, Q S Qᵀ = H") {
+    for (int n : {3, 40, 400}) {  // 400: the threaded sweep runs for the first columns
+        const Eigen::MatrixXd g = test::gaussian(n, n);
+        const Eigen::MatrixXd h = g + g.transpose();
+        Eigen::MatrixXd a = h;
+        Eigen::VectorXd hc;
+        transmla::convert::detail::tridiagonalize(a, hc);
+        const Eigen::Tridiagonalization<Eigen::MatrixXd> ref(h);
+        // same reflectors, different rounding order (forward error); the backward error below is
+        // the stability check
+        CHECK(rel_err(Eigen::VectorXd(a.diagonal()), ref.diagonal()) <= 1e-10);
+        CHECK(rel_err(Eigen::VectorXd(a.diagonal(-1)), ref.subDiagonal()) <= 1e-10);
+        Eigen::MatrixXd s = Eigen::MatrixXd::Zero(n, n);
+        s.diagonal() = a.diagonal();
+        s.diagonal(-1) = a.diagonal(-1);
+        s.diagonal(1) = a.diagonal(-1);
+        const Eigen::MatrixXd q = Eigen::HouseholderSequence<Eigen::MatrixXd, Eigen::VectorXd>(a, hc).setLength(n - 1).setShift(1);
+        CHECK(rel_err(Eigen::MatrixXd(q * s * q.transpose()), h) <= 1e-13);
+        CHECK(orthonormality_error(q) <= 1e-13);
+    }
+}
+
 TEST_CASE("eigen_top_dense: the top k of the full solver, with and without clusters") {
     const int n = 300, k = 60;
     // (a) a random symmetric matrix (eigenvalues of both signs): inverse-iteration path
@@ -219,6 +241,11 @@ TEST_CASE("KvStats: moment of [k; v], padding excluded, thread-safe, equal to th
     for (auto& t : th) t.join();
     CHECK(s.tokens() == 240);
     CHECK(rel_err(s.moment(), want) <= 1e-12);
+    CHECK(rel_err(s.leading_block(L), k.transpose() * k) <= 1e-12);
+    CHECK(rel_err(s.trailing_block(L), v.transpose() * v) <= 1e-12);
+    CHECK(rel_err(s.trailing_block(3), want.bottomRightCorner(2 * L - 3, 2 * L - 3)) <= 1e-12);
+    CHECK_THROWS_AS(s.leading_block(2 * L + 1), error);
+    CHECK_THROWS_AS(s.trailing_block(2 * L), error);
     // The projection of the input moment gives the same statistics.
     CalibrationStats in(D);
     in.add(x);

@@ -617,6 +617,19 @@ public:
         std::lock_guard<std::mutex> lk(m_);
         return s_;
     }
+    /// The trailing principal block S[first:, first:] (first = 0: all of S; first = L: the values').
+    MatrixXd trailing_block(int first) const {
+        std::lock_guard<std::mutex> lk(m_);
+        require(first >= 0 && first < s_.rows(), "KvStats::trailing_block: first = ", first, " outside [0, ",
+                s_.rows(), ")");
+        return s_.bottomRightCorner(s_.rows() - first, s_.rows() - first);
+    }
+    /// The leading principal block S[:n, :n] (n = L: the keys').
+    MatrixXd leading_block(int n) const {
+        std::lock_guard<std::mutex> lk(m_);
+        require(n > 0 && n <= s_.rows(), "KvStats::leading_block: n = ", n, " outside [1, ", s_.rows(), "]");
+        return s_.topLeftCorner(n, n);
+    }
     /// Set S directly (deserialisation, synthetic statistics): symmetric 2L×2L, finite.
     void set_moment(MatrixXd s, std::int64_t tokens) {
         require(s.rows() == s.cols() && s.rows() >= 2 && s.rows() % 2 == 0,

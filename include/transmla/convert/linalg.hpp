@@ -17,6 +17,9 @@
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -121,6 +124,84 @@ inline void gemm_tn(const Eigen::Ref<const Eigen::MatrixXd>& a, const Eigen::Ref
         for (; j < p; ++j)
             for (int x = 0; x < 4; ++x) c(i0 + x, j) = a.col(i0 + x).dot(b.col(j));
     }
+}
+
+/// Householder tridiagonalisation of the symmetric matrix `a` (lower triangle read), in place,
+/// in the storage of Eigen::Tridiagonalization: diagonal and subdiagonal of the result on a's
+/// diagonals, the essential parts of the Householder vectors below the subdiagonal, their
+/// coefficients in `hcoeffs` (Q = HouseholderSequence(a, hcoeffs), length n − 1, shift 1).
+/// Eigen's version makes two passes over the trailing matrix per column (a symmetric
+/// matrix-vector product, then the rank-2 update) on one thread. Here the rank-2 update of step
+/// i is applied while step i + 1's product reads the same column: one pass per column, the
+/// columns split over OpenMP threads with per-thread partial products (bandwidth-bound: ≈ 2× on
+/// two cores for n ≈ 1000).
+inline void tridiagonalize(Eigen::MatrixXd& a, Eigen::VectorXd& hcoeffs) {
+    const Eigen::Index n = a.rows();
+    hcoeffs.setZero(std::max<Eigen::Index>(n - 1, 0));
+    Eigen::VectorXd v = Eigen::VectorXd::Zero(n), w = Eigen::VectorXd::Zero(n);  // pending update A −= v wᵀ + w vᵀ
+    Eigen::VectorXd vn = Eigen::VectorXd::Zero(n);
+    int threads = 1;
+#if defined(_OPENMP)
+    threads = std::max(1, omp_get_max_threads());
+#endif
+    std::vector<Eigen::VectorXd> part(std::size_t(threads), Eigen::VectorXd::Zero(n));
+    std::vector<Eigen::Index> cut(std::size_t(threads) + 1);
+    bool pending = false;
+    for (Eigen::Index i = 0; i + 1 < n; ++i) {
+        const Eigen::Index rem = n - i - 1, j0 = i + 1;
+        if (pending) a.col(i).tail(n - i) -= v.tail(n - i) * w(i) + w.tail(n - i) * v(i);
+        double h = 0, beta = 0;
+        a.col(i).tail(rem).makeHouseholderInPlace(h, beta);
+        vn.setZero();
+        vn(j0) = 1.0;
+        vn.tail(rem - 1) = a.col(i).tail(rem - 1);
+        // Columns [ja, jb) of the trailing matrix: apply the pending update, accumulate p = A v.
+        auto sweep = [&](Eigen::Index ja, Eigen::Index jb, Eigen::VectorXd& p) {
+            p.segment(j0, rem).setZero();
+            for (Eigen::Index j = ja; j < jb; ++j) {
+                const Eigen::Index len = n - j;
+                auto col = a.col(j).tail(len);
+                if (pending) col -= v.tail(len) * w(j) + w.tail(len) * v(j);
+                p(j) += col.dot(vn.tail(len));
+                if (len > 1) p.tail(len - 1) += col.tail(len - 1) * vn(j);
+            }
+        };
+        Eigen::VectorXd& p = part[0];
+        if (threads == 1 || rem < 192) {
+            sweep(j0, n, p);
+        } else {
+            // contiguous column ranges of equal Σ (n − j)
+            cut[0] = j0;
+            const double total = 0.5 * double(rem) * double(rem + 1);
+            Eigen::Index j = j0;
+            double acc = 0;
+            for (int t = 1; t < threads; ++t) {
+                const double target = total * t / threads;
+                while (j < n && acc + double(n - j) <= target) acc += double(n - j++);
+                cut[std::size_t(t)] = j;
+            }
+            cut[std::size_t(threads)] = n;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+            {
+                const int t = omp_get_thread_num();
+                sweep(cut[std::size_t(t)], cut[std::size_t(t) + 1], part[std::size_t(t)]);
+            }
+#endif
+            for (int t = 1; t < threads; ++t) p.segment(j0, rem) += part[std::size_t(t)].segment(j0, rem);
+        }
+        // w = h·p − ½·h²·(pᵀv)·v: the next pending update (as Eigen's Tridiagonalization).
+        p.segment(j0, rem) *= h;
+        p.segment(j0, rem) += (-0.5 * h * p.segment(j0, rem).dot(vn.segment(j0, rem))) * vn.segment(j0, rem);
+        v.setZero();
+        w.setZero();
+        v.segment(j0, rem) = vn.segment(j0, rem);
+        w.segment(j0, rem) = p.segment(j0, rem);
+        pending = true;
+        a(j0, i) = beta;
+        hcoeffs(i) = h;
+    }
+    if (pending) a(n - 1, n - 1) -= 2.0 * v(n - 1) * w(n - 1);
 }
 
 /// Gaussian elimination with partial pivoting of S − σI for a symmetric tridiagonal S (diagonal
@@ -252,8 +333,11 @@ inline bool orthonormalise_tridiagonal_vectors(const Eigen::VectorXd& a, const E
 /// of its time.)
 class DenseTop {
 public:
-    DenseTop(const Eigen::MatrixXd& h, Eigen::Index k) : tri_(h), a_(tri_.diagonal()), b_(tri_.subDiagonal()) {
+    DenseTop(const Eigen::MatrixXd& h, Eigen::Index k) : packed_(h) {
         const Eigen::Index m = h.rows();
+        tridiagonalize(packed_, hcoeffs_);
+        a_ = packed_.diagonal();
+        b_ = packed_.diagonal(-1);
         es_.computeFromTridiagonal(a_, b_, Eigen::EigenvaluesOnly);
         require(es_.info() == Eigen::Success, "eigen_top: the tridiagonal eigensolver did not converge (n = ", m, ")");
         values_ = es_.eigenvalues().reverse().head(k);
@@ -269,13 +353,13 @@ public:
         const Eigen::Index m = a_.size();
         Eigen::MatrixXd e = Eigen::MatrixXd::Zero(m, p);
         e.bottomRows(p).setIdentity();
-        const Eigen::MatrixXd qte = tri_.matrixQ().transpose() * e;  // Qᵀ E = (last p rows of Q)ᵀ
+        const Eigen::MatrixXd qte = matrix_q().transpose() * e;  // Qᵀ E = (last p rows of Q)ᵀ
         return qte.transpose() * s_;
     }
     /// Orthonormal eigenvectors of the original matrix, m × k.
     Eigen::MatrixXd finish() {
         if (inverse_ok_ && !orthonormalise_tridiagonal_vectors(a_, b_, values_, norm_, s_)) full_vectors();
-        return tri_.matrixQ() * s_;
+        return matrix_q() * s_;
     }
 
 private:
@@ -288,7 +372,13 @@ private:
         s_ = es_.eigenvectors().rowwise().reverse().leftCols(k);
         inverse_ok_ = false;
     }
-    Eigen::Tridiagonalization<Eigen::MatrixXd> tri_;
+    Eigen::HouseholderSequence<Eigen::MatrixXd, Eigen::VectorXd> matrix_q() const {
+        return Eigen::HouseholderSequence<Eigen::MatrixXd, Eigen::VectorXd>(packed_, hcoeffs_)
+            .setLength(packed_.rows() - 1)
+            .setShift(1);
+    }
+    Eigen::MatrixXd packed_;   // tridiagonalize() output: S on the diagonals, Householder vectors below
+    Eigen::VectorXd hcoeffs_;
     Eigen::VectorXd a_, b_, values_;
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es_;
     Eigen::MatrixXd s_;

@@ -177,13 +177,14 @@ inline MatrixXd rotate_rows(const FreqFoldMap& map, const MatrixXd& m, const Mat
             mg.push_back(std::move(g));
         }
     const Eigen::Index cols = w.cols();
-    MatrixXd gathered(L, cols), prod(L, cols), out(L, cols);
+    MatrixXd gathered(L, cols), out(L, cols), prod;
     for (Eigen::Index c = 0; c < cols; ++c)
         for (int q = 0; q < L; ++q) gathered(q, c) = w(from[std::size_t(q)], c);
-    for (int b = 0; b < 2 * map.G; ++b)
-        prod.middleRows(Eigen::Index(b) * n, n).noalias() = mg[std::size_t(b)] * gathered.middleRows(Eigen::Index(b) * n, n);
-    for (Eigen::Index c = 0; c < cols; ++c)
-        for (int q = 0; q < L; ++q) out(to[std::size_t(q)], c) = prod(q, c);
+    for (int b = 0; b < 2 * map.G; ++b) {
+        prod.noalias() = mg[std::size_t(b)] * gathered.middleRows(Eigen::Index(b) * n, n);
+        for (Eigen::Index c = 0; c < cols; ++c)
+            for (int i = 0; i < n; ++i) out(to[std::size_t(b * n + i)], c) = prod(i, c);
+    }
     return out;
 }
 
@@ -233,7 +234,7 @@ inline PartialRopeLayer rorope(GqaLayer l, const KvStats& original, int d_r, int
     require(original.kv_width() == L, "rorope: key/value statistics have kv width ", original.kv_width(),
             ", the layer L = n_kv·d = ", L);
     require(original.tokens() > 0, "rorope: the key/value statistics hold no tokens");
-    MatrixXd key_moment = original.moment().topLeftCorner(L, L);
+    MatrixXd key_moment = original.leading_block(L);
     return rorope_from_moment(std::move(l), key_moment, d_r, F, keep_all_rope);
 }
 
@@ -396,7 +397,7 @@ inline JointMoment joint_moment(const PartialRopeLayer& p, const KvStats& after)
     JointMoment jm;
     jm.nk = L - p.rope_dim;
     jm.n = jm.nk + L;
-    jm.h = after.moment().bottomRightCorner(jm.n, jm.n);
+    jm.h = after.trailing_block(p.rope_dim);
     jm.diag = jm.h.diagonal();
     return jm;
 }
