@@ -188,6 +188,15 @@ inline MatrixXd rotate_rows(const FreqFoldMap& map, const MatrixXd& m, const Mat
     return out;
 }
 
+namespace detail {
+/// Key/value statistics must match the layer's L = n_kv·d and hold tokens.
+inline void check_kv_stats(const KvStats& s, int L, const char* where) {
+    require(s.kv_width() == L, where, ": key/value statistics have kv width ", s.kv_width(),
+            ", the layer L = n_kv·d = ", L);
+    require(s.tokens() > 0, where, ": the key/value statistics hold no tokens");
+}
+}  // namespace detail
+
 /// Step 2 from the pre-RoPE key moment Σ k̂ k̂ᵀ (L×L, bias included): the partial-RoPE layer.
 /// RoPE is kept on the first d_r latent dims, or on all L when keep_all_rope (with F = 1 that is
 /// exact: the rotation commutes with RoPE). The layer is taken by value: pass std::move(layer)
@@ -231,9 +240,7 @@ inline PartialRopeLayer rorope(GqaLayer l, const CalibrationStats& original, int
 inline PartialRopeLayer rorope(GqaLayer l, const KvStats& original, int d_r, int F, bool keep_all_rope = false) {
     l.validate();
     const int L = l.kv_width();
-    require(original.kv_width() == L, "rorope: key/value statistics have kv width ", original.kv_width(),
-            ", the layer L = n_kv·d = ", L);
-    require(original.tokens() > 0, "rorope: the key/value statistics hold no tokens");
+    detail::check_kv_stats(original, L, "rorope");
     MatrixXd key_moment = original.leading_block(L);
     return rorope_from_moment(std::move(l), key_moment, d_r, F, keep_all_rope);
 }
@@ -391,9 +398,7 @@ inline JointMoment joint_moment(const PartialRopeLayer& p, const CalibrationStat
 inline JointMoment joint_moment(const PartialRopeLayer& p, const KvStats& after) {
     p.validate();
     const int L = p.kv_width();
-    require(after.kv_width() == L, "joint_moment: key/value statistics have kv width ", after.kv_width(),
-            ", the layer L = n_kv·d = ", L);
-    require(after.tokens() > 0, "joint_moment: the key/value statistics hold no tokens");
+    detail::check_kv_stats(after, L, "joint_moment");
     JointMoment jm;
     jm.nk = L - p.rope_dim;
     jm.n = jm.nk + L;
@@ -408,8 +413,7 @@ inline JointMoment joint_moment(const PartialRopeLayer& p, const KvStats& after)
 inline KvStats rotate_kv_stats(const PartialRopeLayer& p, const KvStats& original) {
     p.validate();
     const int L = p.kv_width();
-    require(original.kv_width() == L, "rotate_kv_stats: key/value statistics have kv width ", original.kv_width(),
-            ", the layer L = n_kv·d = ", L);
+    detail::check_kv_stats(original, L, "rotate_kv_stats");
     MatrixXd rot = p.rotation;
     if (L > p.rope_dim) rot.bottomRows(L - p.rope_dim) /= p.alpha;
     const MatrixXd s = original.moment();
