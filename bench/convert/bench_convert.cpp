@@ -83,15 +83,32 @@ void report(benchmark::State& st, const LayerReport& r) {
     st.counters["cache"] = double(r.cache_converted);
 }
 
-void BM_convert_layer(benchmark::State& st, int n_kv, int F) {
-    const Problem& p = problem(n_kv, F);
+// One body per step for both kinds of statistics (`after` = nullptr: reuse `original`).
+template <class Stats>
+void run_convert_layer(benchmark::State& st, const Problem& p, const Stats& original, const Stats* after) {
     LayerReport rep;
     for (auto _ : st) {
-        const ConvertResult res = convert_layer(p.layer, p.stats, nullptr, p.opt);
+        const ConvertResult res = convert_layer(p.layer, original, after, p.opt);
         rep = res.report;
         benchmark::DoNotOptimize(res.mla.kv_b_proj.data());
     }
     report(st, rep);
+}
+
+template <class Stats>
+void run_finish_transmla(benchmark::State& st, const Problem& p, const Stats& original, const Stats& after) {
+    const PartialRopeLayer pr = rorope(p.layer, original, p.opt.rope_dim, p.opt.freqfold);
+    LayerReport rep;
+    for (auto _ : st) {
+        const MlaLayer m = finish_transmla(pr, after, p.opt.rank, p.opt, &rep);
+        benchmark::DoNotOptimize(m.kv_b_proj.data());
+    }
+    report(st, rep);
+}
+
+void BM_convert_layer(benchmark::State& st, int n_kv, int F) {
+    const Problem& p = problem(n_kv, F);
+    run_convert_layer(st, p, p.stats, static_cast<const CalibrationStats*>(nullptr));
 }
 
 void BM_rorope(benchmark::State& st, int n_kv, int F) {
@@ -104,35 +121,17 @@ void BM_rorope(benchmark::State& st, int n_kv, int F) {
 
 void BM_finish_transmla(benchmark::State& st, int n_kv, int F) {
     const Problem& p = problem(n_kv, F);
-    const PartialRopeLayer pr = rorope(p.layer, p.stats, p.opt.rope_dim, p.opt.freqfold);
-    LayerReport rep;
-    for (auto _ : st) {
-        const MlaLayer m = finish_transmla(pr, p.stats, p.opt.rank, p.opt, &rep);
-        benchmark::DoNotOptimize(m.kv_b_proj.data());
-    }
-    report(st, rep);
+    run_finish_transmla(st, p, p.stats, p.stats);
 }
 
 void BM_convert_layer_kv(benchmark::State& st, int n_kv, int F) {
     const Problem& p = kv_problem(n_kv, F);
-    LayerReport rep;
-    for (auto _ : st) {
-        const ConvertResult res = convert_layer(p.layer, p.kv_original, &p.kv_after, p.opt);
-        rep = res.report;
-        benchmark::DoNotOptimize(res.mla.kv_b_proj.data());
-    }
-    report(st, rep);
+    run_convert_layer(st, p, p.kv_original, &p.kv_after);
 }
 
 void BM_finish_transmla_kv(benchmark::State& st, int n_kv, int F) {
     const Problem& p = kv_problem(n_kv, F);
-    const PartialRopeLayer pr = rorope(p.layer, p.kv_original, p.opt.rope_dim, p.opt.freqfold);
-    LayerReport rep;
-    for (auto _ : st) {
-        const MlaLayer m = finish_transmla(pr, p.kv_after, p.opt.rank, p.opt, &rep);
-        benchmark::DoNotOptimize(m.kv_b_proj.data());
-    }
-    report(st, rep);
+    run_finish_transmla(st, p, p.kv_original, p.kv_after);
 }
 
 // What an engine converting a model layer by layer runs: rorope on the moved GQA layer, then
