@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <span>
 #include <vector>
@@ -147,13 +148,18 @@ template <class T>
 GqaSeqView<T> paged_gqa_view(const T* k_pool, const T* v_pool, int n_kv, int head_dim, const PageTable& table,
                              std::int64_t b) {
     const std::int64_t ts = std::int64_t(n_kv) * head_dim;
+    (void)detail::size_product("paged_gqa_view", {{"page_size", table.page_size}, {"n_kv", n_kv}, {"head_dim", head_dim}},
+                               sizeof(T), 1);
     return {k_pool, v_pool, n_kv, head_dim, table.seq_length(b), ts, head_dim, table.map(b, ts * table.page_size)};
 }
 
 /// View of sequence b of a paged MLA pool laid out `[page][token in page][rank + rope_dim]`.
 template <class T>
 MlaSeqView<T> paged_mla_view(const T* pool, int rank, int rope_dim, const PageTable& table, std::int64_t b) {
-    const std::int64_t ts = rank + rope_dim;
+    const std::int64_t ts = std::int64_t(rank) + rope_dim;
+    require(rank > 0 && rope_dim >= 0 && ts <= std::numeric_limits<int>::max(), "paged_mla_view: bad row rank=", rank,
+            " rope_dim=", rope_dim);
+    (void)detail::size_product("paged_mla_view", {{"page_size", table.page_size}, {"rank + rope_dim", ts}}, sizeof(T), 1);
     return {pool, rank, rope_dim, table.seq_length(b), ts, table.map(b, ts * table.page_size)};
 }
 
@@ -178,16 +184,19 @@ public:
         : n_kv_(n_kv), d_(head_dim), cap_(capacity) {
         require(n_kv > 0 && head_dim > 0 && capacity >= 0, "GqaCache: bad shape n_kv=", n_kv,
                 " head_dim=", head_dim, " capacity=", capacity);
-        k_.resize(std::size_t(capacity) * n_kv * head_dim);
+        const auto n = detail::size_product("GqaCache", {{"capacity", capacity}, {"n_kv", n_kv}, {"head_dim", head_dim}},
+                                            sizeof(T));
+        k_.resize(std::size_t(n));
         v_.resize(k_.size());
     }
     /// Appends tokens: `k`, `v` are `[tokens][n_kv][head_dim]` of any storage type.
     template <class U>
     void append(View3<const U> k, View3<const U> v) {
         const std::int64_t n = k.size(0);
+        require(n >= 0, "GqaCache::append: negative token count ", n);
         detail::check_extents(k, {n, n_kv_, d_}, "GqaCache::append", "k");
         detail::check_extents(v, {n, n_kv_, d_}, "GqaCache::append", "v");
-        require(len_ + n <= cap_, "GqaCache::append: ", n, " tokens do not fit: ", len_, " of ", cap_,
+        require(n <= cap_ - len_, "GqaCache::append: ", n, " tokens do not fit: ", len_, " of ", cap_,
                 " used");
         for (std::int64_t t = 0; t < n; ++t)
             for (int h = 0; h < n_kv_; ++h) {
@@ -228,14 +237,18 @@ public:
     MlaCache(int rank, int rope_dim, std::int64_t capacity) : r_(rank), dr_(rope_dim), cap_(capacity) {
         require(rank > 0 && rope_dim >= 0 && capacity >= 0, "MlaCache: bad shape rank=", rank,
                 " rope_dim=", rope_dim, " capacity=", capacity);
-        rows_.resize(std::size_t(capacity) * (r_ + dr_));
+        require(std::int64_t(rank) + rope_dim <= std::numeric_limits<int>::max(), "MlaCache: row width rank + rope_dim = ",
+                std::int64_t(rank) + rope_dim, " overflows int (rank=", rank, " rope_dim=", rope_dim, ")");
+        rows_.resize(std::size_t(detail::size_product(
+            "MlaCache", {{"capacity", capacity}, {"rank + rope_dim", std::int64_t(rank) + rope_dim}}, sizeof(T))));
     }
     /// Appends rows `[tokens][rank + rope_dim]` of any storage type.
     template <class U>
     void append(View2<const U> rows) {
         const std::int64_t n = rows.size(0);
+        require(n >= 0, "MlaCache::append: negative token count ", n);
         detail::check_extents(rows, {n, r_ + dr_}, "MlaCache::append", "rows");
-        require(len_ + n <= cap_, "MlaCache::append: ", n, " tokens do not fit: ", len_, " of ", cap_,
+        require(n <= cap_ - len_, "MlaCache::append: ", n, " tokens do not fit: ", len_, " of ", cap_,
                 " used");
         for (std::int64_t t = 0; t < n; ++t)
             detail::convert_row(&rows_[std::size_t(len_ + t) * (r_ + dr_)], rows.row(t), r_ + dr_);
@@ -259,14 +272,29 @@ private:
 
 namespace detail {
 
+/// The pool's page count, after checking that the pool's storage (the product of `extents`,
+/// positive ones only: the others are refused by the constructors with their own messages) has
+/// a representable size — before PagePool builds its free list of num_pages entries.
+inline std::int64_t checked_pool_pages(const char* who, std::int64_t num_pages,
+                                       std::initializer_list<NamedExtent> extents, std::size_t elem_bytes) {
+    bool positive = true;
+    for (const auto& e : extents) positive = positive && e.value > 0;
+    if (positive) (void)size_product(who, extents, elem_bytes);
+    return num_pages;
+}
+
 /// Page pool bookkeeping shared by the paged GQA and MLA caches: a free list and, per
 /// sequence, its page list and length. Sequences are identified by the index add_sequence returns.
 class PagePool {
 public:
     PagePool(std::int64_t num_pages, std::int64_t page_size, const char* who)
         : page_size_(page_size), who_(who) {
-        require(num_pages > 0 && num_pages <= std::numeric_limits<std::int32_t>::max() && page_size > 0, who,
-                ": bad pool: ", num_pages, " pages of ", page_size, " tokens");
+        // Page indices and last-page lengths are int32 in the page tables (FlashInfer's layout).
+        require(num_pages > 0 && num_pages <= std::numeric_limits<std::int32_t>::max() && page_size > 0 &&
+                    page_size <= std::numeric_limits<std::int32_t>::max(),
+                who, ": bad pool: ", num_pages, " pages of ", page_size,
+                " tokens (both must be in [1, 2^31 - 1])");
+        capacity_ = size_product(who, {{"num_pages", num_pages}, {"page_size", page_size}}, 1);
         for (std::int64_t p = num_pages - 1; p >= 0; --p) free_.push_back(std::int32_t(p));
         num_pages_ = num_pages;
     }
@@ -283,6 +311,9 @@ public:
     void grow(std::int64_t s, std::int64_t n, Put&& put) {
         check_seq(s, "append");
         auto& q = seqs_[s];
+        require(n >= 0, who_, "::append: negative token count ", n);
+        require(n <= capacity_ - q.length, who_, "::append: sequence ", s, " of ", q.length, " tokens cannot grow by ",
+                n, " tokens: the pool holds ", capacity_, " tokens in all, ", free_.size(), " pages free");
         const std::int64_t need_pages = (q.length + n + page_size_ - 1) / page_size_ - std::int64_t(q.pages.size());
         require(need_pages <= std::int64_t(free_.size()), who_, "::append: sequence ", s, " needs ", need_pages,
                 " more pages, only ", free_.size(), " free");
@@ -312,6 +343,7 @@ public:
     }
     std::int64_t page_size() const noexcept { return page_size_; }
     std::int64_t num_pages() const noexcept { return num_pages_; }
+    std::int64_t capacity() const noexcept { return capacity_; }  ///< tokens: num_pages · page_size
     std::int64_t free_pages() const noexcept { return std::int64_t(free_.size()); }
 
     /// CSR page table of the given sequences, in order (storage owned by the returned object).
@@ -326,6 +358,8 @@ public:
         for (auto s : seqs) {
             check_seq(s, "page_table");
             const auto& q = seqs_[s];
+            require(q.pages.size() <= std::size_t(std::numeric_limits<std::int32_t>::max()) - c.indices.size(), who_,
+                    "::page_table: more than 2^31 - 1 page entries for ", seqs.size(), " sequences");
             c.indices.insert(c.indices.end(), q.pages.begin(), q.pages.end());
             c.indptr.push_back(std::int32_t(c.indices.size()));
             c.last_page_len.push_back(q.length == 0 ? 0 : std::int32_t((q.length - 1) % page_size_ + 1));
@@ -339,7 +373,7 @@ private:
         std::int64_t length = 0;
         bool live = true;
     };
-    std::int64_t page_size_, num_pages_ = 0;
+    std::int64_t page_size_, num_pages_ = 0, capacity_ = 0;
     const char* who_;
     std::vector<std::int32_t> free_;
     std::vector<Seq> seqs_;
@@ -355,9 +389,17 @@ class PagedGqaCache {
 
 public:
     PagedGqaCache(int n_kv, int head_dim, std::int64_t num_pages, std::int64_t page_size)
-        : pool_(num_pages, page_size, "PagedGqaCache"), n_kv_(n_kv), d_(head_dim) {
+        : pool_(detail::checked_pool_pages("PagedGqaCache", num_pages,
+                                           {{"num_pages", num_pages}, {"page_size", page_size}, {"n_kv", n_kv},
+                                            {"head_dim", head_dim}},
+                                           sizeof(T)),
+                page_size, "PagedGqaCache"),
+          n_kv_(n_kv),
+          d_(head_dim) {
         require(n_kv > 0 && head_dim > 0, "PagedGqaCache: bad shape n_kv=", n_kv, " head_dim=", head_dim);
-        k_.resize(std::size_t(num_pages * page_size) * n_kv * head_dim);
+        k_.resize(std::size_t(detail::size_product(
+            "PagedGqaCache",
+            {{"num_pages", num_pages}, {"page_size", page_size}, {"n_kv", n_kv}, {"head_dim", head_dim}}, sizeof(T))));
         v_.resize(k_.size());
     }
     std::int64_t add_sequence() { return pool_.add_sequence(); }
@@ -365,6 +407,7 @@ public:
     template <class U>
     void append(std::int64_t seq, View3<const U> k, View3<const U> v) {
         const std::int64_t n = k.size(0);
+        require(n >= 0, "PagedGqaCache::append: negative token count ", n);
         detail::check_extents(k, {n, n_kv_, d_}, "PagedGqaCache::append", "k");
         detail::check_extents(v, {n, n_kv_, d_}, "PagedGqaCache::append", "v");
         const std::int64_t ts = std::int64_t(n_kv_) * d_;
@@ -400,15 +443,28 @@ class PagedMlaCache {
 
 public:
     PagedMlaCache(int rank, int rope_dim, std::int64_t num_pages, std::int64_t page_size)
-        : pool_(num_pages, page_size, "PagedMlaCache"), r_(rank), dr_(rope_dim) {
+        : pool_(detail::checked_pool_pages("PagedMlaCache", num_pages,
+                                           {{"num_pages", num_pages}, {"page_size", page_size},
+                                            {"rank + rope_dim", std::int64_t(rank) + rope_dim}},
+                                           sizeof(T)),
+                page_size, "PagedMlaCache"),
+          r_(rank),
+          dr_(rope_dim) {
         require(rank > 0 && rope_dim >= 0, "PagedMlaCache: bad shape rank=", rank, " rope_dim=", rope_dim);
-        rows_.resize(std::size_t(num_pages * page_size) * (r_ + dr_));
+        require(std::int64_t(rank) + rope_dim <= std::numeric_limits<int>::max(),
+                "PagedMlaCache: row width rank + rope_dim = ", std::int64_t(rank) + rope_dim,
+                " overflows int (rank=", rank, " rope_dim=", rope_dim, ")");
+        rows_.resize(std::size_t(detail::size_product(
+            "PagedMlaCache",
+            {{"num_pages", num_pages}, {"page_size", page_size}, {"rank + rope_dim", std::int64_t(rank) + rope_dim}},
+            sizeof(T))));
     }
     std::int64_t add_sequence() { return pool_.add_sequence(); }
     void release(std::int64_t seq) { pool_.release(seq); }
     template <class U>
     void append(std::int64_t seq, View2<const U> rows) {
         const std::int64_t n = rows.size(0);
+        require(n >= 0, "PagedMlaCache::append: negative token count ", n);
         detail::check_extents(rows, {n, r_ + dr_}, "PagedMlaCache::append", "rows");
         pool_.grow(seq, n, [&](std::int64_t t, std::int64_t slot) {
             detail::convert_row(&rows_[slot * (r_ + dr_)], rows.row(t), r_ + dr_);

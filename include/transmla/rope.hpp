@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numbers>
 #include <span>
 #include <utility>
@@ -109,22 +110,28 @@ inline std::vector<int> half_split_to_interleaved(int dim) {
 class RopeTable {
 public:
     RopeTable(const RopeSpec& spec, int rotary_dim, std::int64_t max_positions)
-        : RopeTable(rope_inv_freq(spec, rotary_dim), spec.pairing, max_positions, rope_attention_factor(spec)) {}
+        : RopeTable(rope_inv_freq(spec, checked_rotary_dim(rotary_dim, max_positions)), spec.pairing, max_positions,
+                    rope_attention_factor(spec)) {}
 
     /// Table from explicit inverse frequencies, e.g. a subset of another table's (the RoPE key of
     /// a converted MLA model rotates pair i with θ_{c·i} of the original table).
     RopeTable(std::vector<double> inv_freq, RopePairing pairing, std::int64_t max_positions,
               double attention_factor = 1.0)
         : inv_freq_(std::move(inv_freq)), pairing_(pairing), max_pos_(max_positions), af_(attention_factor) {
-        require(!inv_freq_.empty() && max_positions > 0, "RopeTable: need frequencies and max_positions > 0");
+        require(!inv_freq_.empty() && max_positions > 0, "RopeTable: need frequencies and max_positions > 0, got ",
+                inv_freq_.size(), " frequencies and max_positions=", max_positions);
+        // rotary_dim() is an int: twice the number of frequencies must fit.
+        require(inv_freq_.size() <= std::size_t(std::numeric_limits<int>::max() / 2), "RopeTable: ", inv_freq_.size(),
+                " frequencies make a rotary dim that overflows int");
         const std::size_t h = inv_freq_.size();
-        cos_.resize(std::size_t(max_positions) * h);
+        cos_.resize(std::size_t(detail::size_product(
+            "RopeTable", {{"max_positions", max_positions}, {"rotary_dim / 2", std::int64_t(h)}}, 2 * sizeof(float))));
         sin_.resize(cos_.size());
-        for (std::int64_t t = 0; t < max_positions; ++t)
-            for (std::size_t j = 0; j < h; ++j) {
-                cos_[t * h + j] = float(std::cos(double(t) * inv_freq_[j]) * af_);
-                sin_[t * h + j] = float(std::sin(double(t) * inv_freq_[j]) * af_);
-            }
+        for (std::size_t i = 0; i < cos_.size(); ++i) {  // i = t·h + j
+            const double angle = double(i / h) * inv_freq_[i % h];
+            cos_[i] = float(std::cos(angle) * af_);
+            sin_[i] = float(std::sin(angle) * af_);
+        }
     }
 
     int rotary_dim() const noexcept { return int(inv_freq_.size()) * 2; }
@@ -163,6 +170,16 @@ public:
     }
 
 private:
+    // Checks the table size before the frequencies are computed (a huge rotary dim would
+    // otherwise allocate and fill them first).
+    static int checked_rotary_dim(int rotary_dim, std::int64_t max_positions) {
+        require(max_positions > 0, "RopeTable: max_positions must be positive, got ", max_positions);
+        if (rotary_dim > 0)
+            (void)detail::size_product("RopeTable", {{"max_positions", max_positions}, {"rotary_dim / 2", rotary_dim / 2}},
+                                       2 * sizeof(float));
+        return rotary_dim;  // its other checks: RopeSpec::validate
+    }
+
     std::vector<double> inv_freq_;
     RopePairing pairing_;
     std::int64_t max_pos_;

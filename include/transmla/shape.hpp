@@ -5,6 +5,7 @@
 #include "transmla/error.hpp"
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -88,6 +89,9 @@ public:
                 ")");
         require(head_dim % 2 == 0, "GqaShape: head_dim (", head_dim,
                 ") must be even (RoPE rotates pairs)");
+        // kv_width() and the query row width n_q · d are ints.
+        require(std::int64_t(n_q) * head_dim <= std::numeric_limits<int>::max(), "GqaShape: n_q (", n_q,
+                ") x head_dim (", head_dim, ") = ", std::int64_t(n_q) * head_dim, " overflows int");
     }
 
     constexpr int n_q() const noexcept { return nq_(); }
@@ -144,6 +148,11 @@ public:
           dv_(v_dim, "MlaShape: v_dim (v_head_dim)") {
         require(rope_dim % 2 == 0, "MlaShape: rope_dim (", rope_dim,
                 ") must be even (RoPE rotates pairs)");
+        // row_width() and qk_dim() are ints.
+        require(std::int64_t(rank) + rope_dim <= std::numeric_limits<int>::max(), "MlaShape: rank (", rank,
+                ") + rope_dim (", rope_dim, ") overflows int");
+        require(std::int64_t(nope_dim) + rope_dim <= std::numeric_limits<int>::max(), "MlaShape: nope_dim (",
+                nope_dim, ") + rope_dim (", rope_dim, ") overflows int");
     }
 
     constexpr int heads() const noexcept { return h_(); }

@@ -6,6 +6,9 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <string>
 #include <type_traits>
 
 namespace transmla {
@@ -73,6 +76,38 @@ template <class T> using View3 = TensorView<T, 3>;
 template <class T> using View4 = TensorView<T, 4>;
 
 namespace detail {
+
+/// One user-given extent and its name, for size_product's messages.
+struct NamedExtent {
+    const char* name;
+    std::int64_t value;
+};
+
+/// The number of elements of an allocation whose extents are given, checked: every extent must be
+/// at least `min_extent`, and the product (and its size in bytes, `elem_bytes` each) must fit in
+/// std::int64_t / std::ptrdiff_t (the index types of the views and kernels) — otherwise throws
+/// transmla::error naming `where` and every extent. Guards constructors that would otherwise
+/// allocate a wrapped-around size and then write far beyond it.
+inline std::int64_t size_product(const char* where, std::initializer_list<NamedExtent> extents,
+                                 std::size_t elem_bytes, std::int64_t min_extent = 0) {
+    auto describe = [&] {
+        std::string s;
+        for (const auto& e : extents) s += concat(s.empty() ? "" : " x ", e.name, "=", e.value);
+        return s;
+    };
+    for (const auto& e : extents)
+        if (e.value < min_extent)
+            fail(where, ": ", e.name, " must be at least ", min_extent, ", got ", e.value, " (", describe(), ")");
+    std::int64_t n = 1;
+    const auto max_elems = std::int64_t(std::numeric_limits<std::ptrdiff_t>::max() / std::ptrdiff_t(elem_bytes));
+    for (const auto& e : extents) {
+        if (e.value != 0 && n > max_elems / e.value)
+            fail(where, ": ", describe(), " overflows: more than ", max_elems, " elements of ", elem_bytes, " bytes");
+        n *= e.value;
+    }
+    return n;
+}
+
 /// Throws unless view `v` (named `what`) has the expected extents.
 template <class T, int Rank>
 void check_extents(const TensorView<T, Rank>& v, const std::array<std::int64_t, Rank>& want, const char* where,

@@ -164,3 +164,26 @@ TEST_CASE("RopeTable (f32) matches apply_rope (double) on every storage type") {
     float v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     CHECK_THROWS_AS(tab.apply(v, 16), error);
 }
+
+TEST_CASE("RopeTable refuses sizes that overflow and positions outside the table") {
+    RopeSpec s;
+    // max_positions · rotary_dim/2 floats wrap around size_t: refused before anything is allocated.
+    CHECK_THROWS_WITH_AS(RopeTable(s, 1 << 30, std::int64_t(1) << 40),
+                         doctest::Contains("RopeTable: max_positions=1099511627776 x rotary_dim / 2=536870912"), error);
+    CHECK_THROWS_WITH_AS(RopeTable(s, 128, std::numeric_limits<std::int64_t>::max()), doctest::Contains("overflows"),
+                         error);
+    CHECK_THROWS_WITH_AS(RopeTable(std::vector<double>(4, 0.5), RopePairing::half_split,
+                                   std::numeric_limits<std::int64_t>::max() / 2),
+                         doctest::Contains("RopeTable"), error);
+    CHECK_THROWS_WITH_AS(RopeTable(s, 8, 0), doctest::Contains("max_positions must be positive, got 0"), error);
+    CHECK_THROWS_WITH_AS(RopeTable(s, 8, -5), doctest::Contains("got -5"), error);
+    CHECK_THROWS_WITH_AS(RopeTable(std::vector<double>{}, RopePairing::half_split, 4), doctest::Contains("0 frequencies"),
+                         error);
+    CHECK_THROWS_WITH_AS(RopeTable(s, -2, 4), doctest::Contains("rotary dim"), error);
+    RopeTable tab(s, 8, 16);
+    auto x = test::random_vector<float>(2 * 8);
+    std::vector<std::int64_t> pos{3, -1};
+    CHECK_THROWS_WITH_AS(tab.apply(View3<float>(x.data(), {2, 1, 8}), pos), doctest::Contains("position -1"), error);
+    pos[1] = 16;
+    CHECK_THROWS_WITH_AS(tab.apply(View3<float>(x.data(), {2, 1, 8}), pos), doctest::Contains("position 16"), error);
+}

@@ -2,6 +2,7 @@
 #include "test_util.hpp"
 #include "transmla/shape.hpp"
 
+#include <limits>
 #include <string>
 
 using namespace transmla;
@@ -36,6 +37,16 @@ TEST_CASE("MLA shape") {
     DynamicMlaShape d(9, 128, 64, 64, 64);
     CHECK(d.row_width() == 192);
     CHECK_THROWS_AS(DynamicMlaShape(9, 128, 63, 64, 64), error);
+}
+
+TEST_CASE("dynamic shapes refuse widths that overflow int") {
+    constexpr int big = 1 << 20;
+    CHECK_THROWS_WITH_AS(DynamicGqaShape(big, big, 4096), doctest::Contains("overflows int"), error);
+    CHECK_THROWS_WITH_AS(DynamicGqaShape(64, 8, 1 << 26), doctest::Contains("n_q (64) x head_dim (67108864)"), error);
+    CHECK_THROWS_WITH_AS(DynamicMlaShape(8, std::numeric_limits<int>::max() - 1, 64, 128, 128),
+                         doctest::Contains("rank (2147483646) + rope_dim (64) overflows int"), error);
+    CHECK_THROWS_WITH_AS(DynamicMlaShape(8, 512, 64, std::numeric_limits<int>::max() - 2, 128),
+                         doctest::Contains("nope_dim"), error);
 }
 
 TEST_CASE("dispatch reaches the static instantiation or names the supported ones") {
