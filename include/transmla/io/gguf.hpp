@@ -241,7 +241,23 @@ struct GgufTensorInfo {
 /// transmla::error naming the file, the key or tensor, and the byte offset.
 class GgufFile {
 public:
-    explicit GgufFile(const std::string& path);
+    explicit GgufFile(const std::string& path) : GgufFile(MappedFile(path)) {}
+    /// Reads the bytes held by `file` (a mapped file, or MappedFile::borrowed / owned bytes);
+    /// file.path() names them in error messages.
+    explicit GgufFile(MappedFile file);
+
+    /// The GGUF in `bytes` (not copied: they must outlive the returned object and every span
+    /// raw() gives); `name` stands for the file in error messages.
+    static GgufFile from_memory(std::span<const std::byte> bytes, std::string name) {
+        return GgufFile(MappedFile::borrowed(bytes, std::move(name)));
+    }
+    static GgufFile from_memory(std::string_view bytes, std::string name) {
+        return from_memory(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())), std::move(name));
+    }
+    /// Same, keeping its own copy of the bytes.
+    static GgufFile from_bytes(std::vector<std::byte> bytes, std::string name) {
+        return GgufFile(MappedFile::owned(std::move(bytes), std::move(name)));
+    }
 
     GgufFile(GgufFile&&) noexcept = default;
     GgufFile& operator=(GgufFile&&) noexcept = default;
@@ -378,6 +394,10 @@ private:
 
 namespace detail {
 
+/// Most elements one tensor may hold (2^40: far above any model, and small enough that element
+/// and byte counts never overflow 64 bits).
+inline constexpr std::uint64_t gguf_max_elements = std::uint64_t(1) << 40;
+
 /// Bounds-checked little-endian reader over the mapped bytes; every failure names file + offset.
 struct GgufCursor {
     const std::uint8_t* base;
@@ -468,7 +488,8 @@ inline GgufValue gguf_read_value(GgufCursor& c, GgufType t, const std::string& k
 
 }  // namespace detail
 
-inline GgufFile::GgufFile(const std::string& path) : file_(path) {
+inline GgufFile::GgufFile(MappedFile file) : file_(std::move(file)) {
+    const std::string& path = file_.path();
     detail::GgufCursor c{reinterpret_cast<const std::uint8_t*>(file_.data()), file_.size(), 0, file_.path(), {}};
     c.need(4, "magic");
     if (std::memcmp(c.base, "GGUF", 4) != 0) c.bad("not a GGUF file (bad magic; expected \"GGUF\")");
@@ -552,12 +573,20 @@ inline GgufFile::GgufFile(const std::string& path) : file_(path) {
             c.bad(::transmla::detail::concat("tensor '", t.name, "': ne[0] = ", t.ne[0], " is not a multiple of the ", tr.name,
                          " block size ", tr.block_elems));
         }
-        const std::int64_t ne123 = t.ne[1] * t.ne[2] * t.ne[3];
-        if (t.ne[0] > (std::int64_t(1) << 40) / ne123) {
-            c.pos = at_dims;
-            c.bad(::transmla::detail::concat("tensor '", t.name, "': too many elements"));
+        // every extent is in [1, 2^40]; their product is checked step by step so that it cannot
+        // wrap (a wrapped product could be small, or 0 and then divide by zero)
+        std::uint64_t n_elems = 1;
+        for (std::uint32_t d = 0; d < nd; ++d) {
+            const auto e = std::uint64_t(t.ne[d]);
+            if (n_elems > detail::gguf_max_elements / e) {
+                c.pos = at_dims;
+                c.bad(::transmla::detail::concat("tensor '", t.name, "': too many elements: extents ", t.ne[0], " x ", t.ne[1], " x ",
+                                                 t.ne[2], " x ", t.ne[3], " hold more than 2^40 elements"));
+            }
+            n_elems *= e;
         }
-        t.n_bytes = ggml_row_bytes(t.type, t.ne[0]) * std::uint64_t(ne123);
+        const std::uint64_t ne123 = n_elems / std::uint64_t(t.ne[0]);  // ne[0] >= 1
+        t.n_bytes = ggml_row_bytes(t.type, t.ne[0]) * ne123;
         t.offset = c.read<std::uint64_t>("tensor offset");
         if (t.offset % alignment_ != 0) {
             c.pos -= 8;
@@ -578,12 +607,51 @@ inline GgufFile::GgufFile(const std::string& path) : file_(path) {
     if (n_tensors > 0 && data_offset_ > size)
         fail("GGUF '", path, "': truncated file: the data section would start at offset ", data_offset_,
              " but the file has ", size, " bytes");
+    const std::uint64_t avail = size > data_offset_ ? size - data_offset_ : 0;
     for (const auto& t : tensors_) {
-        const std::uint64_t avail = size > data_offset_ ? size - data_offset_ : 0;
         if (t.offset > avail || t.n_bytes > avail - t.offset)
             fail("GGUF '", path, "': tensor '", t.name, "' (", ggml_type_name(t.type), ", ", t.n_bytes,
                  " bytes at data offset ", t.offset, ", file offset ", data_offset_ + t.offset,
                  ") extends past the end of the file (", size, " bytes); the file is truncated or corrupt");
+    }
+    // Type, shape, size and offset must agree: the tensors' data lie back to back in the data
+    // section, each starting at the first aligned offset after the previous one ends (as every
+    // GGUF writer lays them out), the first at 0, and the file ends within the alignment padding
+    // of the last. A type or extent changed to another valid value changes a size and breaks this
+    // chain instead of being read as different numbers.
+    if (!tensors_.empty()) {
+        std::vector<std::size_t> order(tensors_.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            return tensors_[a].offset != tensors_[b].offset ? tensors_[a].offset < tensors_[b].offset : a < b;
+        });
+        auto describe = [&](const GgufTensorInfo& t) {
+            return ::transmla::detail::concat("tensor '", t.name, "' (", ggml_type_name(t.type), " ", t.ne[0], " x ",
+                                              t.ne[1], " x ", t.ne[2], " x ", t.ne[3], " = ", t.n_bytes,
+                                              " bytes, tensor info at offset ", t.info_offset, ")");
+        };
+        const GgufTensorInfo& first = tensors_[order.front()];
+        if (first.offset != 0)
+            fail("GGUF '", path, "': ", describe(first), ": the first tensor's data start at data offset ", first.offset,
+                 " (file offset ", data_offset_ + first.offset, "), not at 0");
+        for (std::size_t k = 0; k + 1 < order.size(); ++k) {
+            const GgufTensorInfo& t = tensors_[order[k]];
+            const GgufTensorInfo& n = tensors_[order[k + 1]];
+            const std::uint64_t end = t.offset + t.n_bytes;
+            const std::uint64_t expect = (end + alignment_ - 1) / alignment_ * alignment_;
+            if (n.offset != expect)
+                fail("GGUF '", path, "': ", describe(t), " ends at data offset ", end, " (file offset ",
+                     data_offset_ + end, ") but the next tensor '", n.name, "' starts at data offset ", n.offset,
+                     n.offset < end ? ": their data overlap" : ": a gap the size does not account for",
+                     " (expected ", expect, "); type, shape and offsets disagree");
+        }
+        const GgufTensorInfo& last = tensors_[order.back()];
+        const std::uint64_t end = last.offset + last.n_bytes;
+        const std::uint64_t padded = (end + alignment_ - 1) / alignment_ * alignment_;
+        if (avail > padded)
+            fail("GGUF '", path, "': ", describe(last), " is the last tensor and ends at file offset ",
+                 data_offset_ + end, " but the file has ", size, " bytes: ", avail - padded,
+                 " bytes after its alignment padding that no tensor accounts for; type, shape and offsets disagree");
     }
 }
 
@@ -646,6 +714,14 @@ public:
 
     /// Writes the file (`version` 2 or 3: the layouts are identical for little-endian files).
     void write(const std::string& path, std::uint32_t version = 3) const {
+        const std::vector<std::uint8_t> bytes = to_bytes(version);
+        AtomicFileWriter w(path);
+        w.write(bytes.data(), bytes.size());
+        w.commit();
+    }
+
+    /// The bytes write() would put in the file.
+    std::vector<std::uint8_t> to_bytes(std::uint32_t version = 3) const {
         require(version == 2 || version == 3, "GgufWriter: version must be 2 or 3, got ", version);
         std::vector<std::uint8_t> head;
         auto put = [&](const void* p, std::size_t n) {
@@ -678,15 +754,14 @@ public:
             offsets.push_back(off);
             off = align(off + t.bytes.size());
         }
-        AtomicFileWriter w(path);
-        w.write(head.data(), head.size());
-        w.pad(std::size_t(align(head.size()) - head.size()));
+        std::vector<std::uint8_t>& out = head;
+        out.resize(std::size_t(align(out.size())), 0);
         for (std::size_t i = 0; i < tensors_.size(); ++i) {
             const auto& b = tensors_[i].bytes;
-            w.write(b.data(), b.size());
-            if (i + 1 < tensors_.size()) w.pad(std::size_t(offsets[i + 1] - offsets[i] - b.size()));
+            out.insert(out.end(), b.begin(), b.end());
+            if (i + 1 < tensors_.size()) out.resize(out.size() + std::size_t(offsets[i + 1] - offsets[i] - b.size()), 0);
         }
-        w.commit();
+        return out;
     }
 
 private:

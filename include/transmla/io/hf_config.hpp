@@ -4,12 +4,16 @@
 #pragma once
 
 #include "transmla/error.hpp"
+#include "transmla/io/json.hpp"
 #include "transmla/shape.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace transmla::io {
@@ -39,6 +43,11 @@ namespace detail {
 
 template <class T>
 T hf_get(const nlohmann::json& j, const char* key, const std::string& where) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+        // range-checked: get<int>() would truncate a large integer and cast a float with UB
+        if (!j.contains(key)) fail(where, ": field '", key, "' is missing");
+        return json_int<T>(j.at(key), ::transmla::detail::concat(where, ": field '", key, "'"));
+    }
     try {
         return j.at(key).get<T>();
     } catch (const nlohmann::json::exception& e) {
@@ -129,17 +138,20 @@ inline HfConfig parse_hf_config(const nlohmann::json& j, const std::string& wher
     return c;
 }
 
+/// Parses the text of a config.json; `name` (a file name, or e.g. "<fuzz input>") is named in
+/// every error message. Nesting deeper than 64 levels is rejected before parsing.
+inline HfConfig parse_hf_config_text(std::string_view text, const std::string& name) {
+    const std::string where = "HF config '" + name + "'";
+    return parse_hf_config(parse_json(text, where), where);
+}
+
 /// Reads and parses a config.json file.
 inline HfConfig read_hf_config(const std::string& path) {
-    std::ifstream f(path);
+    std::ifstream f(path, std::ios::binary);
     require(f.good(), "cannot open HF config '", path, "'");
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception& e) {
-        fail("HF config '", path, "' does not parse: ", e.what());
-    }
-    return parse_hf_config(j, "HF config '" + path + "'");
+    const std::string text{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+    require(!f.bad(), "cannot read HF config '", path, "'");
+    return parse_hf_config_text(text, path);
 }
 
 }  // namespace transmla::io

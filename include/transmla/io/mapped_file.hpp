@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -22,9 +23,34 @@ namespace transmla::io {
 
 /// The whole file mapped read-only. Move-only; unmaps on destruction. An empty file maps to an
 /// empty span (mmap of length 0 is not allowed, so nothing is mapped).
+///
+/// The readers take their bytes from here, so the same object also stands for bytes already in
+/// memory: borrowed() refers to the caller's buffer (which must outlive it), owned() keeps a copy.
+/// `name` is what error messages call the bytes (a path, or e.g. "<fuzz input>").
 class MappedFile {
 public:
     MappedFile() = default;
+
+    /// Non-owning view of `bytes`, which must stay valid while this object (or one it is moved
+    /// into) lives.
+    static MappedFile borrowed(std::span<const std::byte> bytes, std::string name) {
+        MappedFile m;
+        m.path_ = std::move(name);
+        m.data_ = bytes.empty() ? nullptr : bytes.data();
+        m.size_ = bytes.size();
+        m.mapped_ = false;
+        return m;
+    }
+    /// Owns `bytes` (moving the object keeps data() valid: a vector's buffer moves with it).
+    static MappedFile owned(std::vector<std::byte> bytes, std::string name) {
+        MappedFile m;
+        m.path_ = std::move(name);
+        m.owned_ = std::move(bytes);
+        m.data_ = m.owned_.empty() ? nullptr : m.owned_.data();
+        m.size_ = m.owned_.size();
+        m.mapped_ = false;
+        return m;
+    }
 
     explicit MappedFile(std::string path) : path_(std::move(path)) {
         const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
@@ -55,13 +81,19 @@ public:
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;
     MappedFile(MappedFile&& o) noexcept
-        : path_(std::move(o.path_)), data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+        : path_(std::move(o.path_)),
+          data_(std::exchange(o.data_, nullptr)),
+          size_(std::exchange(o.size_, 0)),
+          mapped_(std::exchange(o.mapped_, true)),
+          owned_(std::move(o.owned_)) {}
     MappedFile& operator=(MappedFile&& o) noexcept {
         if (this != &o) {
             unmap();
             path_ = std::move(o.path_);
             data_ = std::exchange(o.data_, nullptr);
             size_ = std::exchange(o.size_, 0);
+            mapped_ = std::exchange(o.mapped_, true);
+            owned_ = std::move(o.owned_);
         }
         return *this;
     }
@@ -74,14 +106,17 @@ public:
 
 private:
     void unmap() noexcept {
-        if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+        if (data_ && mapped_) ::munmap(const_cast<std::byte*>(data_), size_);
         data_ = nullptr;
         size_ = 0;
+        owned_.clear();
     }
 
     std::string path_;
     const std::byte* data_ = nullptr;
     std::size_t size_ = 0;
+    bool mapped_ = true;            ///< data_ comes from mmap (else: borrowed or owned_)
+    std::vector<std::byte> owned_;  ///< the bytes of owned()
 };
 
 /// Writes a file atomically: the content goes to `<path>.tmp.<pid>` and is renamed over `path`

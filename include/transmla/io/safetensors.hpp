@@ -9,6 +9,7 @@
 #pragma once
 
 #include "transmla/error.hpp"
+#include "transmla/io/json.hpp"
 #include "transmla/io/mapped_file.hpp"
 #include "transmla/types.hpp"
 
@@ -21,6 +22,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
@@ -67,7 +70,23 @@ struct SafetensorsTensor {
 /// A memory-mapped .safetensors file, validated on open; errors name the file, tensor and offset.
 class SafetensorsFile {
 public:
-    explicit SafetensorsFile(const std::string& path);
+    explicit SafetensorsFile(const std::string& path) : SafetensorsFile(MappedFile(path)) {}
+    /// Reads the bytes held by `file` (mapped, or MappedFile::borrowed / owned); file.path()
+    /// names them in error messages.
+    explicit SafetensorsFile(MappedFile file);
+
+    /// The safetensors file in `bytes` (not copied: they must outlive the returned object);
+    /// `name` stands for the file in error messages.
+    static SafetensorsFile from_memory(std::span<const std::byte> bytes, std::string name) {
+        return SafetensorsFile(MappedFile::borrowed(bytes, std::move(name)));
+    }
+    static SafetensorsFile from_memory(std::string_view bytes, std::string name) {
+        return from_memory(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())), std::move(name));
+    }
+    /// Same, keeping its own copy of the bytes.
+    static SafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string name) {
+        return SafetensorsFile(MappedFile::owned(std::move(bytes), std::move(name)));
+    }
 
     SafetensorsFile(SafetensorsFile&&) noexcept = default;
     SafetensorsFile& operator=(SafetensorsFile&&) noexcept = default;
@@ -145,7 +164,12 @@ private:
     std::map<std::string, std::string> metadata_;
 };
 
-inline SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+/// Largest element count (and largest single extent) of a safetensors tensor: 2^48, far above
+/// any checkpoint, so that element and byte counts cannot overflow.
+inline constexpr std::uint64_t safetensors_max_elements = std::uint64_t(1) << 48;
+
+inline SafetensorsFile::SafetensorsFile(MappedFile file) : file_(std::move(file)) {
+    const std::string& path = file_.path();
     const std::uint64_t size = file_.size();
     if (size < 8) fail("safetensors '", path, "': truncated file: ", size, " bytes, the header size alone needs 8");
     std::uint64_t n = 0;
@@ -153,13 +177,9 @@ inline SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     if (n > size - 8)
         fail("safetensors '", path, "': header size ", n, " (at offset 0) exceeds the file (", size, " bytes)");
     data_start_ = 8 + n;
-    nlohmann::json h;
-    try {
-        h = nlohmann::json::parse(reinterpret_cast<const char*>(file_.data()) + 8,
-                                  reinterpret_cast<const char*>(file_.data()) + 8 + n);
-    } catch (const nlohmann::json::exception& e) {
-        fail("safetensors '", path, "': the JSON header (offset 8, ", n, " bytes) does not parse: ", e.what());
-    }
+    const nlohmann::json h = parse_json(
+        std::string_view(reinterpret_cast<const char*>(file_.data()) + 8, std::size_t(n)),
+        ::transmla::detail::concat("safetensors '", path, "': the JSON header (offset 8, ", n, " bytes)"));
     if (!h.is_object()) fail("safetensors '", path, "': the JSON header is not an object");
     const std::uint64_t buffer = size - data_start_;
     for (auto it = h.begin(); it != h.end(); ++it) {
@@ -183,11 +203,17 @@ inline SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
         const std::size_t es = safetensors_dtype_size(t.dtype);
         if (es == 0) bad("unsupported dtype " + t.dtype + " (supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
         if (!v["shape"].is_array()) bad("shape is not an array");
-        std::uint64_t numel = 1;
+        // Every extent and the product of the non-zero ones stay <= 2^48, so that no product of
+        // extents (in any order, by any caller) overflows: [0, 2^63] holds no elements, but
+        // 2^63 does not even fit in the int64 shape.
+        std::uint64_t numel = 1, nonzero = 1;
+        if (v["shape"].size() > 64) bad(::transmla::detail::concat("shape has ", v["shape"].size(), " dimensions"));
         for (const auto& e : v["shape"]) {
             if (!e.is_number_unsigned()) bad("shape " + v["shape"].dump() + " has a non-integer or negative extent");
             const std::uint64_t x = e.get<std::uint64_t>();
-            if (x != 0 && numel > (std::uint64_t(1) << 48) / x) bad("shape " + v["shape"].dump() + " is too large");
+            if (x > safetensors_max_elements || (x != 0 && nonzero > safetensors_max_elements / x))
+                bad("shape " + v["shape"].dump() + " is too large (more than 2^48 elements)");
+            if (x != 0) nonzero *= x;
             numel *= x;
             t.shape.push_back(std::int64_t(x));
         }
@@ -208,12 +234,26 @@ inline SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     std::sort(tensors_.begin(), tensors_.end(), [](const auto& a, const auto& b) {
         return a.begin != b.begin ? a.begin < b.begin : a.name < b.name;
     });
+    // The data buffer is exactly the tensors back to back (as the format requires): no overlap,
+    // no hole, nothing after the last one. A hole or trailing bytes mean that some dtype, shape or
+    // offset was changed.
+    std::uint64_t expect = 0;
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
-        if (i > 0 && tensors_[i].begin < tensors_[i - 1].end)
-            fail("safetensors '", path, "': tensors '", tensors_[i - 1].name, "' and '", tensors_[i].name,
-                 "' overlap (data offset ", tensors_[i].begin, ")");
-        index_.emplace(tensors_[i].name, i);
+        const auto& t = tensors_[i];
+        if (t.begin != expect) {
+            if (i > 0 && t.begin < expect)
+                fail("safetensors '", path, "': tensors '", tensors_[i - 1].name, "' and '", t.name,
+                     "' overlap (data offset ", t.begin, ", file offset ", data_start_ + t.begin, ")");
+            fail("safetensors '", path, "': tensor '", t.name, "': data_offsets begin at ", t.begin, " (file offset ",
+                 data_start_ + t.begin, ") but ", i == 0 ? "the data buffer starts" : "the previous tensor ends",
+                 " at ", expect, "; bytes no tensor accounts for");
+        }
+        expect = t.end;
+        index_.emplace(t.name, i);
     }
+    if (expect != buffer)
+        fail("safetensors '", path, "': the tensors end at data offset ", expect, " (file offset ", data_start_ + expect,
+             ") but the data buffer has ", buffer, " bytes; bytes no tensor accounts for");
 }
 
 /// Builds a safetensors file in memory and writes it atomically (temporary name, then rename).
@@ -249,6 +289,14 @@ public:
     void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
     void write(const std::string& path) const {
+        const std::vector<std::uint8_t> bytes = to_bytes();
+        AtomicFileWriter w(path);
+        w.write(bytes.data(), bytes.size());
+        w.commit();
+    }
+
+    /// The bytes write() would put in the file.
+    std::vector<std::uint8_t> to_bytes() const {
         nlohmann::ordered_json h = nlohmann::ordered_json::object();
         if (!metadata_.empty()) h["__metadata__"] = metadata_;
         std::uint64_t off = 0;
@@ -259,11 +307,17 @@ public:
         std::string js = h.dump();
         js.append((8 - js.size() % 8) % 8, ' ');  // the data buffer starts 8-byte aligned
         const std::uint64_t n = js.size();
-        AtomicFileWriter w(path);
-        w.write(&n, 8);
-        w.write(js.data(), js.size());
-        for (const auto& e : entries_) w.write(e.bytes.data(), e.bytes.size());
-        w.commit();
+        std::size_t total = 8 + js.size();
+        for (const auto& e : entries_) total += e.bytes.size();
+        std::vector<std::uint8_t> out(total);
+        std::memcpy(out.data(), &n, 8);
+        std::memcpy(out.data() + 8, js.data(), js.size());
+        std::size_t at = 8 + js.size();
+        for (const auto& e : entries_) {
+            if (!e.bytes.empty()) std::memcpy(out.data() + at, e.bytes.data(), e.bytes.size());
+            at += e.bytes.size();
+        }
+        return out;
     }
 
 private:
@@ -291,34 +345,42 @@ public:
             else fail("safetensors checkpoint: directory '", path, "' has neither model.safetensors.index.json nor model.safetensors");
         }
         const std::string name = p.filename().string();
+        path_ = p.string();
         if (name.size() > 5 && name.substr(name.size() - 5) == ".json") {
-            std::ifstream f(p);
+            std::ifstream f(p, std::ios::binary);
             require(f.good(), "safetensors checkpoint: cannot open index '", p.string(), "'");
-            nlohmann::json j;
-            try {
-                j = nlohmann::json::parse(f);
-            } catch (const nlohmann::json::exception& e) {
-                fail("safetensors index '", p.string(), "' does not parse: ", e.what());
-            }
-            if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
-                fail("safetensors index '", p.string(), "' has no \"weight_map\" object");
-            std::map<std::string, std::size_t> shard_of_file;
-            for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-                if (!it.value().is_string())
-                    fail("safetensors index '", p.string(), "': weight_map entry '", it.key(), "' is not a file name");
-                const std::string file = (p.parent_path() / it.value().get<std::string>()).string();
-                auto [pos, added] = shard_of_file.emplace(file, shards_.size());
-                if (added) shards_.push_back(std::make_unique<SafetensorsFile>(file));
-                if (!shards_[pos->second]->has(it.key()))
-                    fail("safetensors index '", p.string(), "': tensor '", it.key(), "' is mapped to '", file,
-                         "', which does not contain it");
-                where_.emplace(it.key(), pos->second);
-            }
+            const std::string text{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+            require(!f.bad(), "safetensors checkpoint: cannot read index '", p.string(), "'");
+            const fs::path dir = p.parent_path();
+            read_index(text, [&](const std::string& shard) {
+                return SafetensorsFile((dir / shard).string());
+            });
         } else {
             shards_.push_back(std::make_unique<SafetensorsFile>(p.string()));
             for (const auto& t : shards_[0]->tensors()) where_.emplace(t.name, 0);
         }
-        path_ = p.string();
+    }
+
+    /// A checkpoint of one safetensors file (e.g. SafetensorsFile::from_memory).
+    explicit SafetensorsCheckpoint(SafetensorsFile file) : path_(file.path()) {
+        shards_.push_back(std::make_unique<SafetensorsFile>(std::move(file)));
+        for (const auto& t : shards_[0]->tensors()) where_.emplace(t.name, 0);
+    }
+
+    /// A sharded checkpoint held in memory: the text of its index JSON (named `index_name` in
+    /// messages) and the bytes of each shard under the file name the weight map uses. The shards
+    /// are not copied: they must outlive the returned object.
+    static SafetensorsCheckpoint from_memory(std::string_view index_json, std::string index_name,
+                                             const std::map<std::string, std::span<const std::byte>>& shards) {
+        SafetensorsCheckpoint ck;
+        ck.path_ = std::move(index_name);
+        ck.read_index(index_json, [&](const std::string& shard) {
+            const auto it = shards.find(shard);
+            if (it == shards.end())
+                fail("safetensors index '", ck.path_, "': weight_map names shard '", shard, "', which is not given");
+            return SafetensorsFile::from_memory(it->second, shard);
+        });
+        return ck;
     }
 
     /// The file (or index) that was opened.
@@ -343,6 +405,45 @@ public:
     }
 
 private:
+    SafetensorsCheckpoint() = default;
+
+    /// Reads an index ({"weight_map": {tensor: shard file name}}); open(name) gives a shard.
+    void read_index(std::string_view text, const std::function<SafetensorsFile(const std::string&)>& open) {
+        const std::string where = "safetensors index '" + path_ + "'";
+        const nlohmann::json j = parse_json(text, where);
+        if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+            fail(where, " has no \"weight_map\" object");
+        std::map<std::string, std::size_t> shard_of_file;
+        for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+            if (!it.value().is_string())
+                fail(where, ": weight_map entry '", it.key(), "' is not a file name");
+            const std::string file = it.value().get<std::string>();
+            check_shard_name(where, it.key(), file);
+            auto [pos, added] = shard_of_file.emplace(file, shards_.size());
+            if (added) shards_.push_back(std::make_unique<SafetensorsFile>(open(file)));
+            if (!shards_[pos->second]->has(it.key()))
+                fail(where, ": tensor '", it.key(), "' is mapped to '", shards_[pos->second]->path(),
+                     "', which does not contain it");
+            where_.emplace(it.key(), pos->second);
+        }
+    }
+
+    /// A shard is a file beside the index: a relative name without '..' (no path outside the
+    /// checkpoint's directory can be named by a downloaded index).
+    static void check_shard_name(const std::string& where, const std::string& tensor, const std::string& file) {
+        bool ok = !file.empty() && file.front() != '/' && file.find('\0') == std::string::npos &&
+                  file.find('\\') == std::string::npos;
+        for (std::size_t b = 0; ok && b <= file.size();) {
+            const std::size_t e = std::min(file.find('/', b), file.size());
+            const std::string_view part(file.data() + b, e - b);
+            if (part.empty() || part == "." || part == "..") ok = false;
+            b = e + 1;
+        }
+        if (!ok)
+            fail(where, ": weight_map entry '", tensor, "' names shard '", file,
+                 "'; a shard must be a relative file name without '.' or '..' components");
+    }
+
     std::string path_;
     std::vector<std::unique_ptr<SafetensorsFile>> shards_;
     std::map<std::string, std::size_t> where_;

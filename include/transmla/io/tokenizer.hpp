@@ -231,10 +231,27 @@ inline Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     } catch (const error& e) {
         fail("GGUF '", f.path(), "': ", e.what());
     }
-    c.bos_id = std::int32_t(f.meta_int_or("tokenizer.ggml.bos_token_id", -1));
-    c.eos_id = std::int32_t(f.meta_int_or("tokenizer.ggml.eos_token_id", -1));
-    c.unk_id = std::int32_t(f.meta_int_or("tokenizer.ggml.unknown_token_id", -1));
-    c.pad_id = std::int32_t(f.meta_int_or("tokenizer.ggml.padding_token_id", -1));
+    // token ids are checked against the vocabulary before they are narrowed to int32
+    auto token_id = [&](const char* key) -> std::int32_t {
+        const std::int64_t id = f.meta_int_or(key, -1);
+        if (id < -1 || id >= std::int64_t(c.tokens.size()))
+            fail("GGUF '", f.path(), "': metadata key '", key, "' = ", id, " is not a token id (the vocabulary has ",
+                 c.tokens.size(), " tokens)");
+        return std::int32_t(id);
+    };
+    if (c.tokens.empty() || c.tokens.size() >= std::size_t(1) << 31)
+        fail("GGUF '", f.path(), "': tokenizer.ggml.tokens has ", c.tokens.size(), " tokens");
+    if (!c.token_types.empty() && c.token_types.size() != c.tokens.size())
+        fail("GGUF '", f.path(), "': tokenizer.ggml.token_type has ", c.token_types.size(), " entries but tokenizer.ggml.tokens has ",
+             c.tokens.size());
+    if (f.has("tokenizer.ggml.scores") && f.meta("tokenizer.ggml.scores").is_array() &&
+        f.meta("tokenizer.ggml.scores").size() != c.tokens.size())
+        fail("GGUF '", f.path(), "': tokenizer.ggml.scores has ", f.meta("tokenizer.ggml.scores").size(),
+             " entries but tokenizer.ggml.tokens has ", c.tokens.size());
+    c.bos_id = token_id("tokenizer.ggml.bos_token_id");
+    c.eos_id = token_id("tokenizer.ggml.eos_token_id");
+    c.unk_id = token_id("tokenizer.ggml.unknown_token_id");
+    c.pad_id = token_id("tokenizer.ggml.padding_token_id");
     c.add_bos = f.meta_bool_or("tokenizer.ggml.add_bos_token", false);
     c.add_eos = f.meta_bool_or("tokenizer.ggml.add_eos_token", false);
     c.ignore_merges = c.pre == PreTokenizer::llama3;

@@ -24,6 +24,8 @@ inline ModelConfig hf_model_config(const io::HfConfig& h) {
     require(h.model_type == "llama" || h.model_type == "mistral" || h.model_type == "qwen2",
             "hf_model_config: model_type '", h.model_type, "' is not supported (llama, mistral, qwen2)");
     require(h.hidden_act == "silu", "hf_model_config: hidden_act '", h.hidden_act, "' is not supported (silu)");
+    require(std::int64_t(h.num_attention_heads) * h.head_dim == h.hidden_size, "hf_model_config: num_attention_heads (",
+            h.num_attention_heads, ") · head_dim (", h.head_dim, ") != hidden_size (", h.hidden_size, ")");
     ModelConfig c;
     c.name = h.model_type;
     c.vocab = h.vocab_size, c.hidden = h.hidden_size, c.layers = h.num_hidden_layers;
@@ -36,16 +38,11 @@ inline ModelConfig hf_model_config(const io::HfConfig& h) {
     return c;
 }
 
-/// Loads a checkpoint: `path` is a directory (config.json beside model.safetensors or its index)
-/// or a .safetensors / index file, with `config_path` (default: config.json next to it).
-inline Model load_safetensors(const std::string& path, std::string config_path = "") {
-    namespace fs = std::filesystem;
-    if (config_path.empty()) {
-        const fs::path p(path);
-        config_path = ((fs::is_directory(p) ? p : p.parent_path()) / "config.json").string();
-    }
-    const io::HfConfig h = io::read_hf_config(config_path);
-    const io::SafetensorsCheckpoint ck(path);
+/// Builds the model from a parsed config and an open checkpoint (either may come from memory:
+/// io::parse_hf_config_text, io::SafetensorsCheckpoint::from_memory). Every tensor's shape is
+/// checked against the config before any matrix is sized from the config.
+inline Model load_safetensors(const io::HfConfig& h, const io::SafetensorsCheckpoint& ck) {
+    const std::string& path = ck.path();
     Model m;
     m.config = hf_model_config(h);
     auto& c = m.config;
@@ -66,6 +63,14 @@ inline Model load_safetensors(const std::string& path, std::string config_path =
         m.lm_head = mat("lm_head.weight", V, D);
     }
     m.out_norm = vec("model.norm.weight", D);
+    // head_dim sizes the RoPE table: check it against the first layer's q_proj before that
+    if (c.layers > 0) {
+        const auto& q0 = ck.info("model.layers.0.self_attn.q_proj.weight");
+        if (q0.shape != std::vector<std::int64_t>{nq * d, D})
+            fail("safetensors checkpoint '", path, "': tensor 'model.layers.0.self_attn.q_proj.weight' has shape ",
+                 io::SafetensorsFile::shape_str(q0.shape), ", expected [num_attention_heads·head_dim = ", nq * d, ", ",
+                 D, "]");
+    }
     const auto inv_freq = rope_inv_freq(c.rope, int(d));
     for (int l = 0; l < c.layers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -76,26 +81,52 @@ inline Model load_safetensors(const std::string& path, std::string config_path =
         a.n_q = int(nq), a.n_kv = int(nkv), a.head_dim = int(d), a.pairing = RopePairing::half_split;
         a.inv_freq = inv_freq;
         a.rope_attention_factor = rope_attention_factor(c.rope);
-        a.wqkv.resize((nq + 2 * nkv) * d, D);
-        a.wqkv.topRows(nq * d) = mat(p + "self_attn.q_proj.weight", nq * d, D);
-        a.wqkv.middleRows(nq * d, nkv * d) = mat(p + "self_attn.k_proj.weight", nkv * d, D);
-        a.wqkv.bottomRows(nkv * d) = mat(p + "self_attn.v_proj.weight", nkv * d, D);
+        // each part is read (and its shape checked) before the fused matrix is sized
+        {
+            const RowMatrixXf q = mat(p + "self_attn.q_proj.weight", nq * d, D);
+            const RowMatrixXf k = mat(p + "self_attn.k_proj.weight", nkv * d, D);
+            const RowMatrixXf v = mat(p + "self_attn.v_proj.weight", nkv * d, D);
+            a.wqkv.resize((nq + 2 * nkv) * d, D);
+            a.wqkv.topRows(nq * d) = q;
+            a.wqkv.middleRows(nq * d, nkv * d) = k;
+            a.wqkv.bottomRows(nkv * d) = v;
+        }
         if (h.attention_bias) {
+            const VectorXf q = vec(p + "self_attn.q_proj.bias", nq * d);
+            const VectorXf k = vec(p + "self_attn.k_proj.bias", nkv * d);
+            const VectorXf v = vec(p + "self_attn.v_proj.bias", nkv * d);
             a.bqkv.resize((nq + 2 * nkv) * d);
-            a.bqkv.head(nq * d) = vec(p + "self_attn.q_proj.bias", nq * d);
-            a.bqkv.segment(nq * d, nkv * d) = vec(p + "self_attn.k_proj.bias", nkv * d);
-            a.bqkv.tail(nkv * d) = vec(p + "self_attn.v_proj.bias", nkv * d);
+            a.bqkv.head(nq * d) = q;
+            a.bqkv.segment(nq * d, nkv * d) = k;
+            a.bqkv.tail(nkv * d) = v;
         }
         a.wo = mat(p + "self_attn.o_proj.weight", D, nq * d);
         L.attn = std::move(a);
-        L.mlp.gate_up.resize(2 * I, D);
-        L.mlp.gate_up.topRows(I) = mat(p + "mlp.gate_proj.weight", I, D);
-        L.mlp.gate_up.bottomRows(I) = mat(p + "mlp.up_proj.weight", I, D);
+        {
+            const RowMatrixXf gate = mat(p + "mlp.gate_proj.weight", I, D);
+            const RowMatrixXf up = mat(p + "mlp.up_proj.weight", I, D);
+            L.mlp.gate_up.resize(2 * I, D);
+            L.mlp.gate_up.topRows(I) = gate;
+            L.mlp.gate_up.bottomRows(I) = up;
+        }
         L.mlp.down = mat(p + "mlp.down_proj.weight", D, I);
         m.layers.push_back(std::move(L));
     }
     m.validate();
     return m;
+}
+
+/// Loads a checkpoint: `path` is a directory (config.json beside model.safetensors or its index)
+/// or a .safetensors / index file, with `config_path` (default: config.json next to it).
+inline Model load_safetensors(const std::string& path, std::string config_path = "") {
+    namespace fs = std::filesystem;
+    if (config_path.empty()) {
+        const fs::path p(path);
+        config_path = ((fs::is_directory(p) ? p : p.parent_path()) / "config.json").string();
+    }
+    const io::HfConfig h = io::read_hf_config(config_path);
+    const io::SafetensorsCheckpoint ck(path);
+    return load_safetensors(h, ck);
 }
 
 }  // namespace transmla::model
