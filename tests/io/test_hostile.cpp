@@ -211,6 +211,23 @@ TEST_CASE("GGUF hostile: string and array lengths beyond the file, deep arrays")
     poke<std::uint64_t>(b, 8, std::uint64_t(1) << 50);  // tensor count
     check_error([&] { open_gguf(b); }, {kName, "tensor count"});
 
+    {  // 2^24 + 1 one-byte elements fit in the file but would take ~1.7 GB as values
+        Bytes big;
+        append(big, "GGUF", 4);
+        const std::uint32_t version = 3, arr = 9, u8 = 0;
+        append(big, &version, 4);
+        append_u64(big, 0);
+        append_u64(big, 1);
+        append_u64(big, 4);
+        append(big, "many", 4);
+        append(big, &arr, 4);
+        append(big, &u8, 4);
+        const std::uint64_t count = (std::uint64_t(1) << 24) + 1;
+        append_u64(big, count);
+        big.resize(big.size() + count, 7);
+        check_error([&] { open_gguf(big); }, {kName, "'many'", "more than 16777216 elements"});
+    }
+
     GgufValue v = GgufValue::i32s({1});
     for (int i = 0; i < 20; ++i) v = GgufValue::array(GgufType::ARRAY, {v});
     GgufWriter deep;

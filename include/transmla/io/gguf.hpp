@@ -397,6 +397,8 @@ namespace detail {
 /// Most elements one tensor may hold (2^40: far above any model, and small enough that element
 /// and byte counts never overflow 64 bits).
 inline constexpr std::uint64_t gguf_max_elements = std::uint64_t(1) << 40;
+/// Most metadata array elements one file may hold, all arrays together.
+inline constexpr std::uint64_t gguf_max_array_items = std::uint64_t(1) << 24;
 
 /// Bounds-checked little-endian reader over the mapped bytes; every failure names file + offset.
 struct GgufCursor {
@@ -405,6 +407,7 @@ struct GgufCursor {
     std::uint64_t pos = 0;
     const std::string& path;
     std::string context;  ///< what is being read ("metadata key 'x'"), prefixed to messages
+    std::uint64_t array_items = 0;  ///< metadata array elements read so far (all arrays)
 
     [[noreturn]] void bad(const std::string& what) const {
         if (context.empty() || what.find(context) != std::string::npos)
@@ -477,6 +480,14 @@ inline GgufValue gguf_read_value(GgufCursor& c, GgufType t, const std::string& k
             if (n > (c.size - c.pos) / min_bytes)
                 c.bad(::transmla::detail::concat("truncated file: metadata key '", key, "' claims an array of ", n, " ",
                              to_string(GgufType(et)), " values"));
+            // Each element becomes a GgufValue (~100 bytes) even when it is one byte in the file:
+            // besides fitting in the bytes left, all arrays together hold at most 2^24 elements
+            // (a 256k-token vocabulary and its merges are ~2^19), so no file makes the metadata
+            // take more than a few GB.
+            c.array_items += n;
+            if (c.array_items > gguf_max_array_items)
+                c.bad(::transmla::detail::concat("metadata key '", key, "': the metadata arrays hold more than ",
+                                                 gguf_max_array_items, " elements in all"));
             std::vector<GgufValue> items;
             items.reserve(std::size_t(n));
             for (std::uint64_t i = 0; i < n; ++i) items.push_back(gguf_read_value(c, GgufType(et), key, depth + 1));
@@ -490,7 +501,7 @@ inline GgufValue gguf_read_value(GgufCursor& c, GgufType t, const std::string& k
 
 inline GgufFile::GgufFile(MappedFile file) : file_(std::move(file)) {
     const std::string& path = file_.path();
-    detail::GgufCursor c{reinterpret_cast<const std::uint8_t*>(file_.data()), file_.size(), 0, file_.path(), {}};
+    detail::GgufCursor c{reinterpret_cast<const std::uint8_t*>(file_.data()), file_.size(), 0, file_.path(), {}, 0};
     c.need(4, "magic");
     if (std::memcmp(c.base, "GGUF", 4) != 0) c.bad("not a GGUF file (bad magic; expected \"GGUF\")");
     c.pos = 4;
