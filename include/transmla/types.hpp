@@ -1,6 +1,7 @@
 // transmla/types.hpp — storage types (f32, f16, bf16) and their conversions to and from f32.
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include <Eigen/Core>
 
 #include <cstdint>

@@ -2,6 +2,7 @@
 // exact mode) with its per-layer report; includes every convert/ header.
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/convert/forward.hpp"
 #include "transmla/convert/layer.hpp"
 #include "transmla/convert/linalg.hpp"

@@ -7,6 +7,7 @@
 // They return the attention output [T][D] (after the output projection).
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/convert/layer.hpp"
 #include "transmla/rope.hpp"
 

@@ -36,6 +36,7 @@
 // to hand the weights over instead of copying them.
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/error.hpp"
 #include "transmla/rope.hpp"
 #include "transmla/shape.hpp"

@@ -11,6 +11,7 @@
 // Eigen has no partial eigensolver; a full 1984² decomposition takes ≈ 3 s on one Zen 3 core.
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/error.hpp"
 
 #include <Eigen/Cholesky>

@@ -3,6 +3,7 @@
 // dims and the values. See Mha2MlaLayer (layer.hpp) for the forward semantics.
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/convert/layer.hpp"
 #include "transmla/convert/forward.hpp"
 

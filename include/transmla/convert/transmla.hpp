@@ -4,6 +4,7 @@
 // finish_transmla, steps 3–6 in one call on the statistics of the partial-RoPE model.
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/convert/layer.hpp"
 #include "transmla/convert/linalg.hpp"
 #include "transmla/rope.hpp"

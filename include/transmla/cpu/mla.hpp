@@ -16,6 +16,7 @@
 // GEMMs use Eigen (f32).
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/cpu/attention.hpp"
 #include "transmla/cpu/plan.hpp"
 #include "transmla/error.hpp"

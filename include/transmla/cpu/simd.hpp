@@ -16,6 +16,7 @@
 // compiler's target macros).
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/types.hpp"
 
 #include <xsimd/xsimd.hpp>

@@ -10,6 +10,7 @@
 // model/model.hpp).
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/error.hpp"
 #include "transmla/rope.hpp"
 #include "transmla/shape.hpp"

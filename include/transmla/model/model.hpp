@@ -8,6 +8,7 @@
 // nn.Linear layout [out][in], row-major; projections are Eigen GEMMs (parallel with OpenMP).
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/cpu/cpu.hpp"
 #include "transmla/error.hpp"
 #include "transmla/kv_cache.hpp"
