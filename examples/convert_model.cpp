@@ -2,12 +2,12 @@
 // SmolLM2-135M-Instruct) from GQA to MLA, evaluates the perplexity before and after, and writes a
 // JSON report (per-layer conversion report, perplexities, KV bytes per token, timings).
 //
-//   convert_model [--model FILE.gguf] [--method transmla|mha2mla|exact]
-//                 [--budget RHO | --rank R] [--rope-dim D_R] [--freqfold F] [--no-balance]
-//                 [--selection high|low|uniform|two_norm] [--svd joint|split]
-//                 [--rope-dims R_M] [--latent-dim D_KV]
-//                 [--calib FILE]... [--calib-seqs N] [--calib-len L]
-//                 [--eval FILE]... [--eval-tokens N] [--window W] [--report OUT.json]
+//   convert_model --help     (every option, its type, range and default)
+//
+// Options are parsed with CLI11 and checked before any work: values, ranges, input files (they
+// must exist and be UTF-8 text without NUL bytes), the report's directory (it must exist and be
+// writable), the model and the options against its shapes. A mistake fails in seconds, not after
+// the calibration.
 //
 // Defaults: TransMLA at 50% of the original cache, d_r = 32, F = 4; calibration on 16 × 256
 // tokens of /usr/share/common-licenses/GPL-2 + LGPL-2.1, evaluation on the first 10000 tokens of
@@ -21,12 +21,15 @@
 #include "transmla/model/perplexity.hpp"
 #include "transmla/model/report.hpp"
 
+#include <CLI/CLI.hpp>
+
 #include <chrono>
 #include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -44,88 +47,107 @@ struct Args {
     std::string report = "convert_report.json";
 };
 
-[[noreturn]] void usage(const char* msg) {
-    std::fprintf(stderr,
-                 "convert_model: %s\n"
-                 "usage: convert_model [--model FILE.gguf] [--method transmla|mha2mla|exact] [--budget RHO | --rank R]\n"
-                 "                     [--rope-dim D_R] [--freqfold F] [--no-balance] [--selection high|low|uniform|two_norm]\n"
-                 "                     [--svd joint|split] [--rope-dims R_M] [--latent-dim D_KV] [--calib FILE]...\n"
-                 "                     [--calib-seqs N] [--calib-len L] [--eval FILE]... [--eval-tokens N] [--window W]\n"
-                 "                     [--report OUT.json]\n",
-                 msg);
-    std::exit(2);
+/// An option transform that accepts exactly the names of `m` (help and errors list them).
+template <class E>
+CLI::Validator names_of(const std::map<std::string, E>& m) {
+    std::map<std::string, std::string> as_int;
+    std::string list;
+    for (const auto& [k, v] : m) {
+        as_int[k] = std::to_string(static_cast<int>(v));
+        list += (list.empty() ? "" : "|") + k;
+    }
+    CLI::Validator t(
+        [as_int, list](std::string& in) -> std::string {
+            const auto it = as_int.find(in);
+            if (it == as_int.end()) return "'" + in + "' is not one of " + list;
+            in = it->second;
+            return {};
+        },
+        "{" + list + "}");
+    return t;
 }
 
-Args parse(int argc, char** argv) {
-    Args a;
+/// Parses and checks the command line: every option is typed and range-checked, every input file
+/// must exist and be readable. Returns the exit code of --help or of an error, or -1 to go on.
+int parse(int argc, char** argv, Args& a) {
     a.opt.method = convert::Method::transmla;
     a.opt.rope_dim = 32;
     a.opt.freqfold = 4;
-    bool rank_given = false;
-    for (int i = 1; i < argc; ++i) {
-        const std::string k = argv[i];
-        auto val = [&]() -> std::string {
-            if (i + 1 >= argc) usage(("missing value after " + k).c_str());
-            return argv[++i];
-        };
-        auto num = [&]() -> double {
-            const std::string v = val();
-            char* end = nullptr;
-            const double x = std::strtod(v.c_str(), &end);
-            if (end == v.c_str() || *end) usage(("not a number after " + k + ": " + v).c_str());
-            return x;
-        };
-        if (k == "--model") a.model = val();
-        else if (k == "--method") {
-            const std::string m = val();
-            if (m == "transmla") a.opt.method = convert::Method::transmla;
-            else if (m == "mha2mla") a.opt.method = convert::Method::mha2mla;
-            else if (m == "exact") a.opt.method = convert::Method::exact;
-            else usage(("unknown method " + m).c_str());
-        } else if (k == "--budget") a.budget = num();
-        else if (k == "--rank") a.opt.rank = int(num()), rank_given = true;
-        else if (k == "--rope-dim") a.opt.rope_dim = int(num());
-        else if (k == "--freqfold") a.opt.freqfold = int(num());
-        else if (k == "--no-balance") a.opt.balance = false;
-        else if (k == "--selection") {
-            const std::string s = val();
-            if (s == "high") a.opt.selection = convert::RopeSelection::high;
-            else if (s == "low") a.opt.selection = convert::RopeSelection::low;
-            else if (s == "uniform") a.opt.selection = convert::RopeSelection::uniform;
-            else if (s == "two_norm") a.opt.selection = convert::RopeSelection::two_norm;
-            else usage(("unknown selection " + s).c_str());
-        } else if (k == "--svd") {
-            const std::string s = val();
-            if (s == "joint") a.opt.svd = convert::SvdMode::joint;
-            else if (s == "split") a.opt.svd = convert::SvdMode::split;
-            else usage(("unknown svd mode " + s).c_str());
-        } else if (k == "--rope-dims") a.opt.mha2mla_rope_dims = int(num());
-        else if (k == "--latent-dim") a.opt.mha2mla_latent_dim = int(num());
-        else if (k == "--calib") a.calib.push_back(val());
-        else if (k == "--calib-seqs") a.calib_seqs = int(num());
-        else if (k == "--calib-len") a.calib_len = int(num());
-        else if (k == "--eval") a.eval.push_back(val());
-        else if (k == "--eval-tokens") a.eval_tokens = std::int64_t(num());
-        else if (k == "--window") a.window = std::int64_t(num());
-        else if (k == "--report") a.report = val();
-        else if (k == "--help" || k == "-h") usage("help");
-        else usage(("unknown option " + k).c_str());
+    CLI::App app{"Converts the attention layers of a Llama-family GGUF model from GQA to MLA, evaluates the "
+                 "perplexity before and after, and writes a JSON report.",
+                 "convert_model"};
+    app.get_formatter()->column_width(34);
+    const std::map<std::string, convert::Method> methods{
+        {"transmla", convert::Method::transmla}, {"mha2mla", convert::Method::mha2mla}, {"exact", convert::Method::exact}};
+    const std::map<std::string, convert::RopeSelection> selections{{"high", convert::RopeSelection::high},
+                                                                   {"low", convert::RopeSelection::low},
+                                                                   {"uniform", convert::RopeSelection::uniform},
+                                                                   {"two_norm", convert::RopeSelection::two_norm}};
+    const std::map<std::string, convert::SvdMode> svds{{"joint", convert::SvdMode::joint}, {"split", convert::SvdMode::split}};
+    app.add_option("--model", a.model, "the GGUF model to convert ($TRANSMLA_MODEL or the fetched SmolLM2 by default)")
+        ->check(CLI::ExistingFile)
+        ->capture_default_str();
+    app.add_option("--method", a.opt.method, "conversion method")
+        ->transform(names_of(methods))
+        ->default_str("transmla");
+    auto* budget = app.add_option("--budget", a.budget, "KV cache size as a fraction of the original, in (0, 1)")
+                       ->check(CLI::Range(0.0, 1.0))
+                       ->capture_default_str();
+    auto* rank = app.add_option("--rank", a.opt.rank, "latent rank r (instead of --budget)")->check(CLI::PositiveNumber);
+    budget->excludes(rank);
+    app.add_option("--rope-dim", a.opt.rope_dim, "d_r: dimensions that keep RoPE (transmla)")
+        ->check(CLI::Range(2, 1 << 16))
+        ->capture_default_str();
+    app.add_option("--freqfold", a.opt.freqfold, "F: RoPE frequencies folded together (transmla)")
+        ->check(CLI::Range(1, 1 << 16))
+        ->capture_default_str();
+    app.add_flag("--no-balance{false}", a.opt.balance, "no key/value balancing before the joint PCA (transmla)");
+    app.add_option("--selection", a.opt.selection, "which RoPE pairs MHA2MLA keeps")
+        ->transform(names_of(selections))
+        ->default_str("two_norm");
+    app.add_option("--svd", a.opt.svd, "MHA2MLA SVD of keys and values")
+        ->transform(names_of(svds))
+        ->default_str("joint");
+    app.add_option("--rope-dims", a.opt.mha2mla_rope_dims, "r_m: RoPE dimensions MHA2MLA keeps (default d/8)")
+        ->check(CLI::Range(2, 1 << 16));
+    app.add_option("--latent-dim", a.opt.mha2mla_latent_dim, "d_kv: MHA2MLA latent size per KV head (default from --budget)")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--calib", a.calib, "calibration text files (UTF-8; default GPL-2 + LGPL-2.1)")
+        ->check(CLI::ExistingFile);
+    app.add_option("--calib-seqs", a.calib_seqs, "calibration sequences")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+    app.add_option("--calib-len", a.calib_len, "tokens per calibration sequence")
+        ->check(CLI::Range(2, 1 << 20))
+        ->capture_default_str();
+    app.add_option("--eval", a.eval, "evaluation text files (UTF-8; default GPL-3 + Apache-2.0 + MPL-2.0)")
+        ->check(CLI::ExistingFile);
+    app.add_option("--eval-tokens", a.eval_tokens, "tokens evaluated")
+        ->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 40))
+        ->capture_default_str();
+    app.add_option("--window", a.window, "perplexity window")
+        ->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 24))
+        ->capture_default_str();
+    app.add_option("--report", a.report, "the JSON report to write (atomically)")->capture_default_str();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
     }
     if (a.calib.empty()) a.calib = {"/usr/share/common-licenses/GPL-2", "/usr/share/common-licenses/LGPL-2.1"};
     if (a.eval.empty())
         a.eval = {"/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0",
                   "/usr/share/common-licenses/MPL-2.0"};
-    if (!rank_given) a.opt.cache_budget = a.budget;
-    return a;
+    if (rank->count() == 0) a.opt.cache_budget = a.budget;
+    return -1;
 }
 
-std::vector<std::int32_t> tokenize_files(const io::Tokenizer& tok, const std::vector<std::string>& files) {
+/// The texts, read and checked (existing, non-empty, UTF-8, no NUL) before any work.
+std::string read_texts(const std::vector<std::string>& files) {
     std::string all;
     for (const auto& f : files) {
         if (!all.empty()) all += "\n\n";
         all += model::read_text_file(f);
     }
-    return tok.encode(all, false);
+    return all;
 }
 
 double since(std::chrono::steady_clock::time_point t0) {
@@ -139,7 +161,12 @@ double cpu_now() { return double(std::clock()) / CLOCKS_PER_SEC; }
 }  // namespace
 
 int main(int argc, char** argv) try {
-    Args a = parse(argc, argv);
+    Args a;
+    if (const int rc = parse(argc, argv, a); rc >= 0) return rc;
+    // Everything that can be checked is checked before the first long step (calibration), so a
+    // mistake costs seconds: the output path, the texts, the model, and the options against it.
+    model::check_output_file(a.report, "--report");
+    const std::string calib_text = read_texts(a.calib), eval_text = read_texts(a.eval);
     const auto t_load = std::chrono::steady_clock::now();
     const io::GgufFile file(a.model);
     const auto original = model::load_gguf(file);
@@ -154,9 +181,10 @@ int main(int argc, char** argv) try {
         a.opt.mha2mla_latent_dim = int(std::lround(a.budget * 2 * cfg.head_dim)) - rm;
         require(a.opt.mha2mla_latent_dim > 0, "--budget ", a.budget, " leaves no latent dims after r_m = ", rm);
     }
+    model::validate_conversion(original, a.opt);
 
-    const auto calib_tokens = tokenize_files(tok, a.calib);
-    const auto eval_tokens = tokenize_files(tok, a.eval);
+    const auto calib_tokens = tok.encode(calib_text, false);
+    const auto eval_tokens = tok.encode(eval_text, false);
     const auto seqs = model::make_sequences(calib_tokens, a.calib_seqs, a.calib_len);
     const std::int64_t used = std::int64_t(a.calib_seqs) * a.calib_len;
     // Held-out tokens for the per-layer attention error: the calibration text after the used part.

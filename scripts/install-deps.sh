@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages transmla needs that are missing (uses sudo when not root).
 set -euo pipefail
-pkgs=(cmake g++ make libeigen3-dev libxsimd-dev xtl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev python3 python3-pip)
+pkgs=(cmake g++ make libeigen3-dev libxsimd-dev xtl-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
+      clang libclang-rt-14-dev python3 python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,6 +17,7 @@
 // weights (statistics only for the 2-norm selection).
 #pragma once
 
+#include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/convert/convert.hpp"
 #include "transmla/convert/layer.hpp"
 #include "transmla/convert/mha2mla.hpp"
@@ -275,6 +276,14 @@ inline std::vector<convert::HeldOut> held_out_inputs(const Model& m, std::span<c
         for (std::int64_t t = 0; t < T; ++t) e.positions[std::size_t(t)] = t;
     });
     return h;
+}
+
+/// Checks `opt` against every layer of `m` (all original GQA layers) before any work, throwing
+/// transmla::error naming the option and the values allowed for this model.
+inline void validate_conversion(const Model& m, const convert::ConvertOptions& opt) {
+    m.validate();
+    for (std::size_t l = 0; l < m.layers.size(); ++l)
+        convert::validate_options(to_convert(detail::gqa_of(m, l), m.config.hidden, m.config.rope), opt);
 }
 
 /// Converts every attention layer of `original` (all GQA) with the options' method, calibrating

@@ -17,11 +17,41 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace transmla::model {
 
-/// The whole file as bytes; throws naming the path when it cannot be read or is empty.
+/// Checks that `text` is text: valid UTF-8 (no overlong forms, no surrogates, nothing above
+/// U+10FFFF) without NUL bytes. Throws naming `name` and the byte offset of the first bad byte.
+inline void check_text(std::string_view text, const std::string& name) {
+    const auto* b = reinterpret_cast<const unsigned char*>(text.data());
+    const std::size_t n = text.size();
+    std::size_t i = 0;
+    auto bad = [&](const char* what) { fail("'", name, "' is not text: ", what, " at byte offset ", i); };
+    while (i < n) {
+        const unsigned c = b[i];
+        if (c == 0) bad("a NUL byte");
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        int len = 0;
+        unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+        if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) len = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        else if (c >= 0xF0 && c <= 0xF4) len = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        else bad("an invalid UTF-8 lead byte");
+        if (i + std::size_t(len) > n) bad("a truncated UTF-8 sequence");
+        if (b[i + 1] < lo || b[i + 1] > hi) bad("an invalid UTF-8 sequence");
+        for (int k = 2; k < len; ++k)
+            if ((b[i + std::size_t(k)] & 0xC0) != 0x80) bad("an invalid UTF-8 sequence");
+        i += std::size_t(len);
+    }
+}
+
+/// The whole file as text; throws naming the path when it cannot be read, is empty, or is not
+/// text (check_text).
 inline std::string read_text_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     require(f.good(), "read_text_file: cannot open '", path, "'");
@@ -29,6 +59,7 @@ inline std::string read_text_file(const std::string& path) {
     ss << f.rdbuf();
     std::string s = ss.str();
     require(!s.empty(), "read_text_file: '", path, "' is empty");
+    check_text(s, path);
     return s;
 }
 

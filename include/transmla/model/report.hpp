@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -89,6 +91,20 @@ inline nlohmann::json to_json(const ModelConversion& c) {
 
 /// Writes `j` (pretty-printed) to `path` through a temporary file in the same folder, renamed
 /// into place, so a reader never sees a partial file.
+/// Throws unless `path` can be written as a file by write_json_file or another atomic writer: its
+/// directory exists and is writable, and `path` itself is not a directory. `what` names the
+/// option or role in the message (e.g. "--report"). Call it before long work.
+inline void check_output_file(const std::string& path, const std::string& what) {
+    namespace fs = std::filesystem;
+    require(!path.empty(), what, ": the output path is empty");
+    const fs::path p(path);
+    const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    std::error_code ec;
+    require(fs::is_directory(dir, ec), what, ": the directory '", dir.string(), "' of '", path, "' does not exist");
+    require(!fs::is_directory(p, ec), what, ": '", path, "' is a directory, not a file");
+    require(::access(dir.c_str(), W_OK) == 0, what, ": the directory '", dir.string(), "' is not writable");
+}
+
 inline void write_json_file(const std::string& path, const nlohmann::json& j) {
     namespace fs = std::filesystem;
     const fs::path p(path);
