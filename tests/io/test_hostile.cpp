@@ -161,14 +161,16 @@ TEST_CASE("GGUF hostile: a shape that disagrees with the tensor's bytes is rejec
 
 TEST_CASE("GGUF hostile: a type id changed to another valid type is rejected") {
     const Bytes good = three_tensors().to_bytes();
-    for (auto [name, type] : {std::pair{"a", GgmlType::F16}, {"b", GgmlType::BF16}, {"c", GgmlType::Q8_0}, {"c", GgmlType::Q4_1}}) {
+    for (const auto& nt : {std::pair{"a", GgmlType::F16}, {"b", GgmlType::BF16}, {"c", GgmlType::Q8_0}, {"c", GgmlType::Q4_1}}) {
+        const std::string name = nt.first;
+        const GgmlType type = nt.second;
         CAPTURE(name);
         Bytes b = good;
         const std::size_t at = tensor_info(b, name);
         const auto nd = peek<std::uint32_t>(b, at);
         poke<std::uint32_t>(b, at + 4 + 8 * nd, std::uint32_t(type));
-        dump("gguf", std::string("type_changed_") + name + "_" + ggml_type_name(type), b);
-        check_error([&] { open_gguf(b); }, {kName, std::string("tensor '") + name + "'", "disagree"});
+        dump("gguf", "type_changed_" + name + "_" + ggml_type_name(type), b);
+        check_error([&] { open_gguf(b); }, {kName, "tensor '" + name + "'", "disagree"});
     }
     // a block-quantised type whose row is not a multiple of the block
     Bytes b = good;
@@ -439,7 +441,9 @@ TEST_CASE("HF config hostile: numbers outside the field's type are rejected, not
         {"max_position_embeddings", "-9223372036854775808"},
     };
     int k = 0;
-    for (const auto& [field, value] : cases) {
+    for (const auto& fv : cases) {
+        const std::string& field = fv.first;
+        const std::string& value = fv.second;
         CAPTURE(field);
         CAPTURE(value);
         const std::string text = with(field, value);
