@@ -63,9 +63,10 @@ run_one() {
     local h="$1" corpus="$work/corpus/$1" art="$work/artifacts/$1/"
     mkdir -p "$corpus" "$art"
     cp "$seeds/$h"/* "$corpus"/
+    local rc=0
     "$bin/fuzz_$h" "$corpus" -dict="$repo/tests/fuzz/${dict[$h]}" -max_total_time="$secs" -max_len=65536 \
-        -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="$art" >"$work/$h.log" 2>&1
-    echo $? >"$work/$h.rc"
+        -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="$art" >"$work/$h.log" 2>&1 || rc=$?
+    echo "$rc" >"$work/$h.rc"
 }
 pids=()
 for h in "${harnesses[@]}"; do
