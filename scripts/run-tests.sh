@@ -1,12 +1,52 @@
 #!/usr/bin/env bash
-# README command 2: install what is missing, fetch the real model, build everything with warnings
-# as errors, run all tests (the model-labelled tests require the real SmolLM2 file).
+# README command 2 (and CI: .ci/run runs it verbatim): installs what is missing, fetches the real
+# model, then
+#   1. builds everything with g++ and warnings as errors and runs every test (CTest);
+#   2. on a host without AVX-512, compiles the host programs (examples, model tests, conversion
+#      and model benchmarks) for x86-64-v4 as well, so AVX-512-only warnings fail here too;
+#   3. fuzzes every untrusted-input entry point for a bounded time (libFuzzer, ASan + UBSan);
+#   4. runs the core, cpu, convert and io tests again under ASan + UBSan (clang).
+# Any failure stops the script with a non-zero exit. TRANSMLA_FUZZ_SECONDS sets step 3's time per
+# harness (default 40).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$(date +%s)
+stage() { echo "== run-tests: $* (at $(( $(date +%s) - t0 )) s)"; }
+
 bash scripts/install-deps.sh
 TRANSMLA_MODEL="$(bash scripts/fetch-model.sh | tail -n 1)"
 export TRANSMLA_MODEL TRANSMLA_REQUIRE_MODEL=1
 jobs=$(nproc 2>/dev/null || echo 2)
+
+stage "1/4 build (g++, -Werror) and all tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTRANSMLA_WERROR=ON
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
+
+stage "2/4 AVX-512 compile check of the host programs"
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+    echo "run-tests: this host has AVX-512: step 1 already built the host programs for it"
+else
+    cmake -S . -B build-v4 -DCMAKE_BUILD_TYPE=Release -DTRANSMLA_WERROR=ON -DTRANSMLA_HOST_ARCH=x86-64-v4 \
+          -DTRANSMLA_CUDA=OFF >build-v4.configure.log
+    cmake --build build-v4 -j"$jobs" --target tests_model attention_variants convert_model quickstart smollm2_demo \
+          bench_convert bench_model
+    echo "run-tests: x86-64-v4 host programs compiled without warnings"
+fi
+
+# One clang build directory for steps 3 and 4: ASan + UBSan everywhere, the harnesses add libFuzzer.
+# -O1, as the sanitizers recommend: at -O3 the four ISA kernel files alone take minutes to compile.
+san_flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+CC=clang CXX=clang++ cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Release -DTRANSMLA_WERROR=ON -DTRANSMLA_FUZZ=ON \
+      -DTRANSMLA_BUILD_TESTS=ON -DTRANSMLA_BUILD_BENCH=OFF -DTRANSMLA_BUILD_EXAMPLES=OFF -DTRANSMLA_CUDA=OFF \
+      "-DCMAKE_CXX_FLAGS=$san_flags" -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" >build-san.configure.log
+
+stage "3/4 fuzzing (libFuzzer, ASan + UBSan)"
+FUZZ_BUILD_DIR="$PWD/build-san" bash scripts/run-fuzz.sh "${TRANSMLA_FUZZ_SECONDS:-40}"
+
+stage "4/4 core, cpu, convert and io tests under ASan + UBSan (clang)"
+cmake --build build-san -j"$jobs" --target tests_core tests_cpu tests_convert tests_io
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-san --output-on-failure -j"$jobs" -L 'core|cpu|convert|io' -LE 'compile_fail|package' \
+          -E 'test_headers_standalone'
+stage "done"
