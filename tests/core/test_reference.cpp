@@ -6,6 +6,7 @@
 #include <Eigen/Dense>
 
 #include <cmath>
+#include <limits>
 
 using namespace transmla;
 namespace ref = transmla::reference;
@@ -223,4 +224,34 @@ TEST_CASE("reference rejects inconsistent shapes with a message") {
     CHECK_THROWS_WITH_AS(ref::gqa_decode(View3<const float>(q8.data(), {2, 4, 8}), small.view(), 1.0,
                                          View3<double>(o.data(), {2, 4, 8}), View2<double>(l.data(), {2, 4})),
                          doctest::Contains("append the new tokens first"), error);
+}
+
+TEST_CASE("reference: a non-finite logit makes its row NaN, other rows and rows without keys are unaffected") {
+    const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+    const int nkv = 2, g = 2, d = 8, nq = nkv * g;
+    const std::int64_t S = 9, T = S;
+    auto k = test::random_vector<double>(std::size_t(S) * nkv * d), v = test::random_vector<double>(k.size());
+    auto q = test::random_vector<double>(std::size_t(T) * nq * d);
+    const std::int64_t tq = test::uniform_int(0, T - 1), tk = test::uniform_int(0, S - 1);
+    q[(std::size_t(tq) * nq + 1) * d + 2] = inf;   // query token tq, head 1 (KV head 0)
+    k[(std::size_t(tk) * nkv + 1) * d + 5] = -inf; // key tk, KV head 1: rows of heads 2, 3 that see it
+    v[(std::size_t(0) * nkv + 0) * d + 4] = nan;   // value 0 of KV head 0: element 4 of heads 0, 1
+    const GqaSeqView<double> kv{k.data(), v.data(), nkv, d, S, std::int64_t(nkv) * d, d, PageMap{}};
+    std::vector<double> o(q.size()), l(std::size_t(T) * nq);
+    ref::gqa_attention(View3<const double>(q.data(), {T, nq, d}), kv, 0.3, ref::Causal{0},
+                       View3<double>(o.data(), {T, nq, d}), View2<double>(l.data(), {T, nq}));
+    INFO("query token " << tq << ", key " << tk);
+    for (std::int64_t t = 0; t < T; ++t)
+        for (int i = 0; i < nq; ++i) {
+            INFO("row " << t << " head " << i);
+            const bool poisoned = (t == tq && i == 1) || (i >= 2 && t >= tk);
+            CHECK(std::isnan(l[t * nq + i]) == poisoned);
+            for (int e = 0; e < d; ++e) CHECK(std::isnan(o[(t * nq + i) * d + e]) == (poisoned || (i < 2 && e == 4)));
+        }
+    // a row that sees no key: 0 and −inf (kv_begin past its causal end)
+    std::vector<double> o1(std::size_t(nq) * d, 5.0), l1(nq);
+    ref::gqa_attention(View3<const double>(q.data(), {1, nq, d}), kv, 0.3, ref::Causal{0, 3, -1, true},
+                       View3<double>(o1.data(), {1, nq, d}), View2<double>(l1.data(), {1, nq}));
+    for (int i = 0; i < nq; ++i) CHECK(l1[i] == -inf);
+    for (double x : o1) CHECK(x == 0.0);
 }

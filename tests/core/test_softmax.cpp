@@ -98,3 +98,57 @@ TEST_CASE("empty partial states are NaN-safe") {
     CHECK(oa[1] == -2);
     CHECK(la == 0.25);
 }
+
+TEST_CASE("a NaN or +inf logit poisons the online state; merges and finishes keep it NaN, never empty") {
+    const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+    const int dv = 3;
+    const std::size_t n = 12;
+    std::vector<double> s(n), v(n * dv);
+    for (auto& x : s) x = test::normal();
+    for (auto& x : v) x = test::normal();
+    for (double bad : {nan, inf}) {
+        INFO("bad logit " << bad);
+        auto sb = s;
+        const auto at = std::size_t(test::uniform_int(0, std::int64_t(n) - 1));
+        sb[at] = bad;
+        std::vector<double> acc, acc2, o(dv, 7.0);
+        // the whole row at once: the bad logit anywhere poisons it, first or last
+        SoftmaxState<double> st = online(sb, v, dv, 0, n, acc);
+        CHECK(!st.empty());
+        CHECK(std::isnan(finalize_state(st, acc.data(), o.data(), dv)));
+        for (double x : o) CHECK(std::isnan(x));
+        // split at the bad key: the poisoned part must win the merge from either side
+        const std::size_t cut = at + 1;
+        SoftmaxState<double> a = online(sb, v, dv, 0, cut, acc), b = online(sb, v, dv, cut, n, acc2);
+        merge_state(b, acc2.data(), a, acc.data(), dv);
+        CHECK(std::isnan(finalize_state(b, acc2.data(), o.data(), dv)));
+        CHECK(std::isnan(o[0]));
+        a = online(sb, v, dv, 0, cut, acc);
+        SoftmaxState<double> empty;
+        std::vector<double> acc0(dv, 0.0);
+        merge_state(empty, acc0.data(), a, acc.data(), dv);  // into an empty state
+        CHECK(std::isnan(empty.lse()));
+        // finished partials: NaN lse on either side of merge_normalized, also against an empty one
+        double oa[dv] = {1, 2, 3}, la = 0.5;
+        const double ob[dv] = {nan, nan, nan};
+        merge_normalized(oa, la, ob, nan, dv);
+        CHECK(std::isnan(la));
+        CHECK(std::isnan(oa[1]));
+        double oc[dv] = {0, 0, 0}, lc = -inf;
+        merge_normalized(oc, lc, ob, nan, dv);
+        CHECK(std::isnan(lc));
+        const double od[dv] = {1, 2, 3};
+        merge_normalized(oc, lc, od, 0.25, dv);  // a finite partial does not heal it
+        CHECK(std::isnan(lc));
+        CHECK(std::isnan(oc[2]));
+        double oe[dv] = {1, 2, 3}, le = 0.5;
+        merge_normalized(oe, le, od, -inf, dv);  // an empty partial changes nothing
+        CHECK(le == 0.5);
+    }
+    // −inf stays a masked key: no poison
+    SoftmaxState<double> m;
+    CHECK(m.rescale_to(-inf) == 1.0);
+    CHECK(m.add(-inf) == 0.0);
+    CHECK(m.empty());
+    CHECK(m.lse() == -inf);
+}

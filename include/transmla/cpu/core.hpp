@@ -109,9 +109,17 @@ inline void qk_rows_bf16(const bfloat16* q, std::int64_t qs, const bfloat16* K, 
 }
 #endif
 
+/// The keys of a tile the P·V micro-kernels read for R rows: row r sees keys j < lim[r]; all rows
+/// see j < lo, none sees j ≥ hi. Keys a row does not see are skipped, not multiplied by a zero
+/// weight: their values may be NaN or Inf (0·NaN would poison the row).
+struct RowKeys {
+    const int* lim;
+    int lo, hi;
+};
+
 /// O[r][c0 .. c0 + C·W) = α_r·O + Σ_j P[r][j]·V[j][...] for R rows.
 template <class A, int R, int C>
-inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, int tile,
+inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, RowKeys keys,
                     float* O, std::int64_t os, int c0) {
     constexpr int W = width<A>;
     vf<A> acc[R][C];
@@ -119,10 +127,19 @@ inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const f
         const vf<A> a(alpha[r]);
         for (int c = 0; c < C; ++c) acc[r][c] = vf<A>::load_unaligned(O + r * os + c0 + c * W) * a;
     }
-    for (int j = 0; j < tile; ++j) {
+    for (int j = 0; j < keys.lo; ++j) {
         vf<A> vv[C];
         for (int c = 0; c < C; ++c) vv[c] = vf<A>::load_unaligned(V + std::int64_t(j) * vs + c0 + c * W);
         for (int r = 0; r < R; ++r) {
+            const vf<A> p(P[r * ps + j]);
+            for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
+        }
+    }
+    for (int j = keys.lo; j < keys.hi; ++j) {  // the causal diagonal: rows end at different keys
+        vf<A> vv[C];
+        for (int c = 0; c < C; ++c) vv[c] = vf<A>::load_unaligned(V + std::int64_t(j) * vs + c0 + c * W);
+        for (int r = 0; r < R; ++r) {
+            if (j >= keys.lim[r]) continue;
             const vf<A> p(P[r * ps + j]);
             for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
         }
@@ -133,14 +150,14 @@ inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const f
 
 template <class A, int R, int... Cs>
 inline void pv_rows_n(int C, std::integer_sequence<int, Cs...>, const float* P, std::int64_t ps, const float* alpha,
-                      const float* V, std::int64_t vs, int tile, float* O, std::int64_t os, int c0) {
-    ((C == Cs + 1 ? (pv_rows<A, R, Cs + 1>(P, ps, alpha, V, vs, tile, O, os, c0), 0) : 0), ...);
+                      const float* V, std::int64_t vs, RowKeys keys, float* O, std::int64_t os, int c0) {
+    ((C == Cs + 1 ? (pv_rows<A, R, Cs + 1>(P, ps, alpha, V, vs, keys, O, os, c0), 0) : 0), ...);
 }
 
 /// P·V for R rows over all dvp columns, in passes of balanced width (accumulators in registers:
 /// up to 12 of 16 vector registers on SSE/AVX2, 24 of 32 on AVX-512).
 template <class A, int R>
-inline void pv_block(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, int tile,
+inline void pv_block(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, RowKeys keys,
                      float* O, std::int64_t os, int dvp) {
     constexpr int W = width<A>;
     constexpr int MAXC = (W == 16 ? 24 : 12) / R;
@@ -149,7 +166,7 @@ inline void pv_block(const float* P, std::int64_t ps, const float* alpha, const 
     const int C = (nch + passes - 1) / passes;
     for (int c = 0; c < nch; c += C) {
         const int cc = nch - c < C ? nch - c : C;
-        pv_rows_n<A, R>(cc, std::make_integer_sequence<int, MAXC>{}, P, ps, alpha, V, vs, tile, O, os, c * W);
+        pv_rows_n<A, R>(cc, std::make_integer_sequence<int, MAXC>{}, P, ps, alpha, V, vs, keys, O, os, c * W);
     }
 }
 
@@ -230,18 +247,27 @@ inline void qk_rows_direct(const float* q, std::int64_t qs, const T* const* krow
 }
 
 template <class A, int R, int C, class T>
-inline void pv_rows_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, int tile, float* O,
-                           std::int64_t os, int c0) {
+inline void pv_rows_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, RowKeys keys,
+                           float* O, std::int64_t os, int c0) {
     constexpr int W = width<A>;
     vf<A> acc[R][C];
     for (int r = 0; r < R; ++r) {
         const vf<A> a(alpha[r]);
         for (int c = 0; c < C; ++c) acc[r][c] = vf<A>::load_unaligned(O + r * os + c0 + c * W) * a;
     }
-    for (int j = 0; j < tile; ++j) {
+    for (int j = 0; j < keys.lo; ++j) {
         vf<A> vv[C];
         for (int c = 0; c < C; ++c) vv[c] = simd::load_f32<A>(vrow[j] + c0 + c * W);
         for (int r = 0; r < R; ++r) {
+            const vf<A> p(P[r * ps + j]);
+            for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
+        }
+    }
+    for (int j = keys.lo; j < keys.hi; ++j) {  // rows of different query tokens end at different keys
+        vf<A> vv[C];
+        for (int c = 0; c < C; ++c) vv[c] = simd::load_f32<A>(vrow[j] + c0 + c * W);
+        for (int r = 0; r < R; ++r) {
+            if (j >= keys.lim[r]) continue;
             const vf<A> p(P[r * ps + j]);
             for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
         }
@@ -252,12 +278,12 @@ inline void pv_rows_direct(const float* P, std::int64_t ps, const float* alpha, 
 
 template <class A, int R, class T, int... Cs>
 inline void pv_rows_direct_n(int C, std::integer_sequence<int, Cs...>, const float* P, std::int64_t ps,
-                             const float* alpha, const T* const* vrow, int tile, float* O, std::int64_t os, int c0) {
-    ((C == Cs + 1 ? (pv_rows_direct<A, R, Cs + 1, T>(P, ps, alpha, vrow, tile, O, os, c0), 0) : 0), ...);
+                             const float* alpha, const T* const* vrow, RowKeys keys, float* O, std::int64_t os, int c0) {
+    ((C == Cs + 1 ? (pv_rows_direct<A, R, Cs + 1, T>(P, ps, alpha, vrow, keys, O, os, c0), 0) : 0), ...);
 }
 
 template <class A, int R, class T, int DV>
-inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, int tile,
+inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, RowKeys keys,
                             float* O, std::int64_t os, int dv_rt) {
     constexpr int W = width<A>;
     constexpr int MAXC = (W == 16 ? 24 : 12) / R;
@@ -266,33 +292,59 @@ inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha,
     const int C = (nch + passes - 1) / passes;
     for (int c = 0; c < nch; c += C) {
         const int cc = nch - c < C ? nch - c : C;
-        pv_rows_direct_n<A, R, T>(cc, std::make_integer_sequence<int, MAXC>{}, P, ps, alpha, vrow, tile, O, os, c * W);
+        pv_rows_direct_n<A, R, T>(cc, std::make_integer_sequence<int, MAXC>{}, P, ps, alpha, vrow, keys, O, os, c * W);
     }
 }
 
-/// Online-softmax update of rows [r0, r0 + R) on their score rows (see attend).
+/// Online-softmax update of rows [r0, r0 + R) on their score rows (see attend). Writes the number
+/// of keys of the tile each row sees to lim[0..R) and returns them as the P·V key range.
+///
+/// A row any of whose visible logits is not finite (NaN or ±inf: NaN/Inf in q or k, Inf·0) is
+/// poisoned: m = l = α = NaN, so its accumulators become NaN now and stay NaN through every later
+/// tile (exp2 of anything minus NaN is NaN), and the finish gives NaN (plan.hpp), as the reference
+/// does. The test is x − x summed over the visible logits (0 for finite x, NaN otherwise): one
+/// subtraction and one addition per vector of logits, next to the dk FMAs per logit of Q·Kᵀ.
 template <class A>
-inline void softmax_rows(const AttendJob& job, float* S, int tile, int r0, int R, std::int64_t t0, int n, float* alpha) {
+inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, int R, std::int64_t t0, int n, float* alpha,
+                            int* lim_out) {
     constexpr int W = width<A>;
     constexpr float ninf = -std::numeric_limits<float>::infinity();
+    constexpr float nan = std::numeric_limits<float>::quiet_NaN();
+    RowKeys keys{lim_out, n, 0};
     for (int r = r0; r < r0 + R; ++r) {
         float* s = S + std::int64_t(r) * tile;
-        std::int64_t lim = job.row_end[r] - t0;
-        lim = lim < 0 ? 0 : (lim > n ? n : lim);
-        for (std::int64_t j = lim; j < tile; ++j) s[j] = ninf;
+        std::int64_t lim64 = job.row_end[r] - t0;
+        const int lim = int(lim64 < 0 ? 0 : (lim64 > n ? n : lim64));
+        lim_out[r - r0] = lim;
+        keys.lo = lim < keys.lo ? lim : keys.lo;
+        keys.hi = lim > keys.hi ? lim : keys.hi;
+        vf<A> chk(0.f);
+        int j = 0;
+        for (; j + W <= lim; j += W) {
+            const vf<A> x = vf<A>::load_unaligned(s + j);
+            chk += x - x;
+        }
+        float finite = simd::hsum<A>(chk);  // 0, or NaN
+        for (; j < lim; ++j) finite += s[j] - s[j];
+        if (finite != 0.f) {
+            job.m[r] = job.l[r] = alpha[r - r0] = nan;
+            for (j = 0; j < tile; ++j) s[j] = 0.f;
+            continue;
+        }
+        for (j = lim; j < tile; ++j) s[j] = ninf;
         vf<A> mx(ninf);
-        for (int j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
+        for (j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
         const float tmax = simd::hmax<A>(mx);
         const float mnew = tmax > job.m[r] ? tmax : job.m[r];
         if (mnew == ninf) {
             alpha[r - r0] = 1.f;
-            for (int j = 0; j < tile; ++j) s[j] = 0.f;
+            for (j = 0; j < tile; ++j) s[j] = 0.f;
             continue;
         }
         const float a = std::exp2(job.m[r] - mnew);
         const vf<A> mv(mnew);
         vf<A> sum(0.f);
-        for (int j = 0; j < tile; j += W) {
+        for (j = 0; j < tile; j += W) {
             const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
             p.store_unaligned(s + j);
             sum += p;
@@ -301,6 +353,8 @@ inline void softmax_rows(const AttendJob& job, float* S, int tile, int r0, int R
         job.m[r] = mnew;
         alpha[r - r0] = a;
     }
+    if (keys.hi < keys.lo) keys.lo = keys.hi;
+    return keys;
 }
 
 /// The streaming variant of attend for ≤ 4 rows per head (GQA decode): no f32 tiles, K and V are
@@ -361,12 +415,16 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
             else if (R >= 2) qk_rows_direct<A, 2, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
             else qk_rows_direct<A, 1, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
             if (R == 3) qk_rows_direct<A, 1, T, DK>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
-            softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha);
-            if (R == 4) pv_block_direct<A, 4, T, DV>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
-            else if (R >= 2) pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
-            else pv_block_direct<A, 1, T, DV>(Sr, tile, alpha, vp, tile, O, job.o_stride, dv);
-            if (R == 3)
-                pv_block_direct<A, 1, T, DV>(Sr + 2 * tile, tile, alpha + 2, vp, tile, O + 2 * job.o_stride, job.o_stride, dv);
+            int lim[4];
+            const RowKeys keys = softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha, lim);
+            if (R == 4) pv_block_direct<A, 4, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
+            else if (R == 3) {
+                const int lo2 = lim[0] < lim[1] ? lim[0] : lim[1], hi2 = lim[0] < lim[1] ? lim[1] : lim[0];
+                pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, RowKeys{lim, lo2, hi2}, O, job.o_stride, dv);
+                pv_block_direct<A, 1, T, DV>(Sr + 2 * tile, tile, alpha + 2, vp, RowKeys{lim + 2, lim[2], lim[2]},
+                                             O + 2 * job.o_stride, job.o_stride, dv);
+            } else if (R == 2) pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
+            else pv_block_direct<A, 1, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
         }
     }
 }
@@ -511,12 +569,13 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                     else qk_rows<A, 1>(q, job.q_stride, Kh0, kts, dkp, tile, Sr, tile);
                 }
                 // ---- online softmax
-                softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha);
+                int lim[4];
+                const RowKeys keys = softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha, lim);
                 // ---- O = α O + P V
                 float* O = job.o + r0 * job.o_stride;
-                if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);
-                else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);
-                else pv_block<A, 1>(Sr, tile, alpha, Vt, vts, tile, O, job.o_stride, dvp);
+                if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vt, vts, keys, O, job.o_stride, dvp);
+                else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vt, vts, keys, O, job.o_stride, dvp);
+                else pv_block<A, 1>(Sr, tile, alpha, Vt, vts, keys, O, job.o_stride, dvp);
                 r0 += R;
             }
         }

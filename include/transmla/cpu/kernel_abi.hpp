@@ -7,7 +7,10 @@
 // The one kernel: `attend` computes, for `n_rows` query rows (f32, already multiplied by
 // scale·log2 e, zero-padded to `q_stride`), the unnormalised online-softmax state over keys
 // [kb, ke) of one KV source, row r seeing only keys j < row_end[r] (causality):
-//   m[r] = max_j s_rj (base 2), l[r] = Σ_j exp2(s_rj − m[r]), o[r] = Σ_j exp2(s_rj − m[r])·v_j.
+//   m[r] = max_j s_rj (base 2), l[r] = Σ_j exp2(s_rj − m[r]), o[r] = Σ_j exp2(s_rj − m[r])·v_j;
+// m[r] = −inf, l[r] = 0, o[r] = 0 when the row sees no key of the range, and m[r] = l[r] = NaN
+// (o[r] NaN) when a logit it sees is not finite (NaN or ±inf). Keys a row does not see never
+// touch it, whatever their values.
 // GQA decode, GQA prefill, MLA absorbed decode/prefill and the naive MLA prefill all reduce to it.
 #pragma once
 

@@ -214,11 +214,13 @@ void Plan::run(const Op& op, std::int64_t i) const {
     job.scratch = kscr;
     detail::attend(isa_, op.source(it.group), job);
 
-    // Normalise: o /= l, lse (natural) = (m + log2 l)·ln 2; empty rows give 0 and −inf.
+    // Normalise: o /= l, lse (natural) = (m + log2 l)·ln 2; empty rows (l == 0: no key) give 0 and
+    // −inf. A row the kernel poisoned (a non-finite logit: l = m = NaN, o NaN) is not empty: its
+    // output and lse come out NaN, and merge_normalized keeps them NaN.
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     float* lse = m;  // reuse
     for (int r = 0; r < nr; ++r) {
-        const bool empty = !(l[r] > 0.f);
+        const bool empty = l[r] == 0.f;
         const float inv = empty ? 0.f : 1.f / l[r];
         for (int e = 0; e < g.dv; ++e) o[r * os + e] *= inv;
         lse[r] = empty ? ninf : (m[r] + std::log2(l[r])) * float(ln2);

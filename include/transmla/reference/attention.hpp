@@ -11,6 +11,7 @@
 #include "transmla/types.hpp"
 #include "transmla/view.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -30,21 +31,33 @@ namespace detail {
 
 /// Softmax-weighted sum for one query row: keys and values are given by callables returning
 /// pointers (or nullptr for none). Writes out[0..dv) and returns the natural-log lse.
+///
+/// Non-finite inputs: when any logit the row sees is not finite (NaN or ±inf, i.e. a NaN or Inf in
+/// the query or in a key it attends to, or Inf·0), the output row and the lse are NaN — the
+/// kernels must not turn such a row into "no keys" (output 0, lse −inf), which only a row that
+/// sees no key at all gives. A NaN or Inf in a value reaches the output through p·v as usual.
+/// Keys the row does not see never affect it.
 template <class Tq, class KeyAt, class ValAt>
 double attend_row(const Tq* q, int dqk, KeyAt&& key_at, ValAt&& val_at, int dv, std::int64_t begin,
                   std::int64_t end, double scale, double* out) {
     std::vector<double> s;
     s.reserve(std::size_t(end > begin ? end - begin : 0));
     double m = -std::numeric_limits<double>::infinity();
+    bool finite = true;
     for (std::int64_t j = begin; j < end; ++j) {
         const auto* k = key_at(j);
         double dot = 0;
         for (int e = 0; e < dqk; ++e) dot += to_double((q[e])) * to_double((k[e]));
         s.push_back(dot * scale);
+        finite = finite && std::isfinite(s.back());
         m = std::max(m, s.back());
     }
     for (int e = 0; e < dv; ++e) out[e] = 0;
     if (s.empty()) return -std::numeric_limits<double>::infinity();
+    if (!finite) {
+        for (int e = 0; e < dv; ++e) out[e] = std::numeric_limits<double>::quiet_NaN();
+        return std::numeric_limits<double>::quiet_NaN();
+    }
     double l = 0;
     for (std::int64_t j = begin; j < end; ++j) {
         const double p = std::exp(s[j - begin] - m);
@@ -65,7 +78,7 @@ inline std::int64_t row_end(const Causal& c, std::int64_t t, std::int64_t len) {
 
 /// GQA attention of queries `q [tokens][n_q][d]` against one sequence's K/V.
 /// Writes `out [tokens][n_q][d]` and the natural-log `lse [tokens][n_q]` (−inf where a row sees
-/// no key; its output is then 0).
+/// no key; its output is then 0; NaN, with a NaN output row, where a logit it sees is not finite).
 template <class Tq, class Tkv>
 void gqa_attention(View3<const Tq> q, const GqaSeqView<Tkv>& kv, double scale, const Causal& c, View3<double> out,
                    View2<double> lse) {
