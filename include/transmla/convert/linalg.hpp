@@ -340,7 +340,13 @@ public:
         a_ = packed_.diagonal();
         b_ = packed_.diagonal(-1);
         es_.computeFromTridiagonal(a_, b_, Eigen::EigenvaluesOnly);
-        require(es_.info() == Eigen::Success, "eigen_top: the tridiagonal eigensolver did not converge (n = ", m, ")");
+        if (es_.info() != Eigen::Success) {
+            // Eigen's implicit QL can exceed its iteration limit on our tridiagonal form (seen on a
+            // 208-row Lanczos projection); its own full solver tridiagonalises with other
+            // rounding and converges there.
+            dense_fallback(h, k);
+            return;
+        }
         values_ = es_.eigenvalues().reverse().head(k);
         for (Eigen::Index i = 0; i < m; ++i)
             norm_ = std::max(norm_, std::abs(a_(i)) + (i > 0 ? std::abs(b_(i - 1)) : 0.0) +
@@ -351,6 +357,7 @@ public:
     const Eigen::VectorXd& values() const noexcept { return values_; }
     /// The last p rows of the (not yet orthonormalised) eigenvectors, p × k.
     Eigen::MatrixXd bottom_rows(Eigen::Index p) const {
+        if (dense_) return dense_vectors_.bottomRows(p);
         const Eigen::Index m = a_.size();
         Eigen::MatrixXd e = Eigen::MatrixXd::Zero(m, p);
         e.bottomRows(p).setIdentity();
@@ -359,11 +366,20 @@ public:
     }
     /// Orthonormal eigenvectors of the original matrix, m × k.
     Eigen::MatrixXd finish() {
+        if (dense_) return dense_vectors_;
         if (inverse_ok_ && !orthonormalise_tridiagonal_vectors(a_, b_, values_, norm_, s_)) full_vectors();
         return matrix_q() * s_;
     }
 
 private:
+    void dense_fallback(const Eigen::MatrixXd& h, Eigen::Index k) {
+        const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(h);
+        require(es.info() == Eigen::Success, "eigen_top: the eigensolver did not converge (n = ", h.rows(), ")");
+        values_ = es.eigenvalues().reverse().head(k);
+        dense_vectors_ = es.eigenvectors().rowwise().reverse().leftCols(k);
+        dense_ = true;
+        inverse_ok_ = false;
+    }
     void full_vectors() {
         es_.computeFromTridiagonal(a_, b_, Eigen::ComputeEigenvectors);
         require(es_.info() == Eigen::Success, "eigen_top: the tridiagonal eigensolver did not converge (n = ", a_.size(),
@@ -383,8 +399,10 @@ private:
     Eigen::VectorXd a_, b_, values_;
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es_;
     Eigen::MatrixXd s_;
+    Eigen::MatrixXd dense_vectors_;  // set by dense_fallback()
     double norm_ = 0;
     bool inverse_ok_ = false;
+    bool dense_ = false;
 };
 
 }  // namespace detail
