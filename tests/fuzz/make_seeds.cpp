@@ -118,7 +118,7 @@ void tokenizer_seeds() {
         "Hello world, the thing is on; 12345 in er",
         "<|im_start|>user\nhi there<|im_end|>\n<|endoftext|>",
         "caf\xC3\xA9 \xE2\x82\xAC 100 \xF0\x9F\x98\x80 \xE4\xB8\xAD\xE6\x96\x87",
-        std::string("bad \xFF\xFE utf8 \xC0\x80 \xED\xA0\x80 \xF4\x90\x80\x80 trunc \xE2\x82", 38),
+        "bad \xFF\xFE utf8 \xC0\x80 \xED\xA0\x80 \xF4\x90\x80\x80 trunc \xE2\x82",
         "  \t\n\r\n  spaces   and\n\nlines 's 't 'RE 'll",
     };
     int k = 0;
