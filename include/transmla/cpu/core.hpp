@@ -117,6 +117,16 @@ struct RowKeys {
     int lo, hi;
 };
 
+/// The P·V key range of R ≥ 1 rows whose key counts are lim[0..R).
+inline RowKeys row_keys(const int* lim, int R) {
+    RowKeys k{lim, lim[0], lim[0]};
+    for (int r = 1; r < R; ++r) {
+        k.lo = lim[r] < k.lo ? lim[r] : k.lo;
+        k.hi = lim[r] > k.hi ? lim[r] : k.hi;
+    }
+    return k;
+}
+
 /// O[r][c0 .. c0 + C·W) = α_r·O + Σ_j P[r][j]·V[j][...] for R rows.
 template <class A, int R, int C>
 inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const float* V, std::int64_t vs, RowKeys keys,
@@ -310,31 +320,31 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
     constexpr int W = width<A>;
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     constexpr float nan = std::numeric_limits<float>::quiet_NaN();
-    RowKeys keys{lim_out, n, 0};
     for (int r = r0; r < r0 + R; ++r) {
         float* s = S + std::int64_t(r) * tile;
         std::int64_t lim64 = job.row_end[r] - t0;
         const int lim = int(lim64 < 0 ? 0 : (lim64 > n ? n : lim64));
         lim_out[r - r0] = lim;
-        keys.lo = lim < keys.lo ? lim : keys.lo;
-        keys.hi = lim > keys.hi ? lim : keys.hi;
-        vf<A> chk(0.f);
+        // One pass over the visible logits gives their maximum and the finiteness test.
+        vf<A> mx(ninf), chk(0.f);
         int j = 0;
         for (; j + W <= lim; j += W) {
             const vf<A> x = vf<A>::load_unaligned(s + j);
+            mx = xsimd::max(mx, x);
             chk += x - x;
         }
+        float tmax = simd::hmax<A>(mx);
         float finite = simd::hsum<A>(chk);  // 0, or NaN
-        for (; j < lim; ++j) finite += s[j] - s[j];
+        for (; j < lim; ++j) {
+            tmax = s[j] > tmax ? s[j] : tmax;
+            finite += s[j] - s[j];
+        }
         if (finite != 0.f) {
             job.m[r] = job.l[r] = alpha[r - r0] = nan;
             for (j = 0; j < tile; ++j) s[j] = 0.f;
             continue;
         }
         for (j = lim; j < tile; ++j) s[j] = ninf;
-        vf<A> mx(ninf);
-        for (j = 0; j < tile; j += W) mx = xsimd::max(mx, vf<A>::load_unaligned(s + j));
-        const float tmax = simd::hmax<A>(mx);
         const float mnew = tmax > job.m[r] ? tmax : job.m[r];
         if (mnew == ninf) {
             alpha[r - r0] = 1.f;
@@ -353,8 +363,7 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
         job.m[r] = mnew;
         alpha[r - r0] = a;
     }
-    if (keys.hi < keys.lo) keys.lo = keys.hi;
-    return keys;
+    return row_keys(lim_out, R);
 }
 
 /// The streaming variant of attend for ≤ 4 rows per head (GQA decode): no f32 tiles, K and V are
@@ -415,13 +424,12 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
             else if (R >= 2) qk_rows_direct<A, 2, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
             else qk_rows_direct<A, 1, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
             if (R == 3) qk_rows_direct<A, 1, T, DK>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
-            int lim[4];
+            int lim[4] = {0, 0, 0, 0};  // set by softmax_rows (initialised: GCC cannot see R >= 1)
             const RowKeys keys = softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha, lim);
             if (R == 4) pv_block_direct<A, 4, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
             else if (R == 3) {
-                const int lo2 = lim[0] < lim[1] ? lim[0] : lim[1], hi2 = lim[0] < lim[1] ? lim[1] : lim[0];
-                pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, RowKeys{lim, lo2, hi2}, O, job.o_stride, dv);
-                pv_block_direct<A, 1, T, DV>(Sr + 2 * tile, tile, alpha + 2, vp, RowKeys{lim + 2, lim[2], lim[2]},
+                pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, row_keys(lim, 2), O, job.o_stride, dv);
+                pv_block_direct<A, 1, T, DV>(Sr + 2 * tile, tile, alpha + 2, vp, row_keys(lim + 2, 1),
                                              O + 2 * job.o_stride, job.o_stride, dv);
             } else if (R == 2) pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
             else pv_block_direct<A, 1, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
@@ -569,7 +577,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                     else qk_rows<A, 1>(q, job.q_stride, Kh0, kts, dkp, tile, Sr, tile);
                 }
                 // ---- online softmax
-                int lim[4];
+                int lim[4] = {0, 0, 0, 0};  // set by softmax_rows (initialised: GCC cannot see R >= 1)
                 const RowKeys keys = softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha, lim);
                 // ---- O = α O + P V
                 float* O = job.o + r0 * job.o_stride;
