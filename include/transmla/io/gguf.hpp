@@ -239,25 +239,14 @@ struct GgufTensorInfo {
 /// A memory-mapped GGUF file. Everything is validated on open (header, every metadata value,
 /// every tensor info, that each tensor's data lies inside the file); errors throw
 /// transmla::error naming the file, the key or tensor, and the byte offset.
-class GgufFile {
+class GgufFile : public FromMemory<GgufFile> {
 public:
     explicit GgufFile(const std::string& path) : GgufFile(MappedFile(path)) {}
     /// Reads the bytes held by `file` (a mapped file, or MappedFile::borrowed / owned bytes);
     /// file.path() names them in error messages.
     explicit GgufFile(MappedFile file);
-
-    /// The GGUF in `bytes` (not copied: they must outlive the returned object and every span
-    /// raw() gives); `name` stands for the file in error messages.
-    static GgufFile from_memory(std::span<const std::byte> bytes, std::string name) {
-        return GgufFile(MappedFile::borrowed(bytes, std::move(name)));
-    }
-    static GgufFile from_memory(std::string_view bytes, std::string name) {
-        return from_memory(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())), std::move(name));
-    }
-    /// Same, keeping its own copy of the bytes.
-    static GgufFile from_bytes(std::vector<std::byte> bytes, std::string name) {
-        return GgufFile(MappedFile::owned(std::move(bytes), std::move(name)));
-    }
+    // from_memory(bytes, name) (borrowed: the bytes must outlive the object and every span raw()
+    // gives) and from_bytes(bytes, name) (a copy): FromMemory, mapped_file.hpp.
 
     GgufFile(GgufFile&&) noexcept = default;
     GgufFile& operator=(GgufFile&&) noexcept = default;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -178,6 +179,25 @@ private:
     std::string path_, tmp_;
     std::FILE* f_ = nullptr;
     std::uint64_t written_ = 0;
+};
+
+/// The in-memory constructors shared by the readers built from a MappedFile (GgufFile,
+/// SafetensorsFile): `class Reader : public FromMemory<Reader>` with a public
+/// `explicit Reader(MappedFile)`.
+template <class Reader>
+struct FromMemory {
+    /// The file in `bytes` (not copied: they must outlive the returned object and every span it
+    /// hands out); `name` stands for the file in error messages.
+    static Reader from_memory(std::span<const std::byte> bytes, std::string name) {
+        return Reader(MappedFile::borrowed(bytes, std::move(name)));
+    }
+    static Reader from_memory(std::string_view bytes, std::string name) {
+        return from_memory(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())), std::move(name));
+    }
+    /// Same, keeping its own copy of the bytes.
+    static Reader from_bytes(std::vector<std::byte> bytes, std::string name) {
+        return Reader(MappedFile::owned(std::move(bytes), std::move(name)));
+    }
 };
 
 }  // namespace transmla::io

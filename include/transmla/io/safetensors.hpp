@@ -68,25 +68,14 @@ struct SafetensorsTensor {
 };
 
 /// A memory-mapped .safetensors file, validated on open; errors name the file, tensor and offset.
-class SafetensorsFile {
+class SafetensorsFile : public FromMemory<SafetensorsFile> {
 public:
     explicit SafetensorsFile(const std::string& path) : SafetensorsFile(MappedFile(path)) {}
     /// Reads the bytes held by `file` (mapped, or MappedFile::borrowed / owned); file.path()
     /// names them in error messages.
     explicit SafetensorsFile(MappedFile file);
-
-    /// The safetensors file in `bytes` (not copied: they must outlive the returned object);
-    /// `name` stands for the file in error messages.
-    static SafetensorsFile from_memory(std::span<const std::byte> bytes, std::string name) {
-        return SafetensorsFile(MappedFile::borrowed(bytes, std::move(name)));
-    }
-    static SafetensorsFile from_memory(std::string_view bytes, std::string name) {
-        return from_memory(std::as_bytes(std::span<const char>(bytes.data(), bytes.size())), std::move(name));
-    }
-    /// Same, keeping its own copy of the bytes.
-    static SafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string name) {
-        return SafetensorsFile(MappedFile::owned(std::move(bytes), std::move(name)));
-    }
+    // from_memory(bytes, name) (borrowed: the bytes must outlive the object) and
+    // from_bytes(bytes, name) (a copy): FromMemory, mapped_file.hpp.
 
     SafetensorsFile(SafetensorsFile&&) noexcept = default;
     SafetensorsFile& operator=(SafetensorsFile&&) noexcept = default;
