@@ -6,14 +6,21 @@
 #
 #   scripts/run-fuzz.sh [SECONDS_PER_HARNESS]        (default 60)
 #
+# A campaign: FUZZ_RUNS=10000000 FUZZ_OPT=-O2 scripts/run-fuzz.sh 0 runs each harness for 10^7
+# executions (0 seconds: no time limit) from a build at -O2.
+#
 # Environment: FUZZ_BUILD_DIR (default <repo>/build-fuzz), FUZZ_JOBS (harnesses fuzzed at once,
-# default: min(2, nproc)), FUZZ_HARNESSES (default: all five), CC/CXX (default clang/clang++).
+# default: min(2, nproc)), FUZZ_HARNESSES (default: all five), FUZZ_RUNS (executions per harness,
+# default: no limit), FUZZ_OPT (the harnesses' optimisation flag, default -O1), FUZZ_NICE (nice
+# level of the fuzzers, default 0), CC/CXX (default clang/clang++).
 # Needs (Debian 12): cmake make clang libclang-rt-14-dev libeigen3-dev libxsimd-dev xtl-dev
 # nlohmann-json3-dev doctest-dev.
 set -euo pipefail
 
 secs="${1:-60}"
-[[ "$secs" =~ ^[0-9]+$ && "$secs" -gt 0 ]] || { echo "run-fuzz: SECONDS_PER_HARNESS must be a positive integer, got '$secs'" >&2; exit 2; }
+runs="${FUZZ_RUNS:-0}"
+[[ "$secs" =~ ^[0-9]+$ && "$runs" =~ ^[0-9]+$ ]] && (( secs > 0 || runs > 0 )) ||
+    { echo "run-fuzz: SECONDS_PER_HARNESS and FUZZ_RUNS must be integers >= 0, not both 0 (got '$secs', '$runs')" >&2; exit 2; }
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$repo/build-fuzz}"
 harnesses=(${FUZZ_HARNESSES:-gguf gguf_model tokenizer safetensors hf_config})
@@ -28,7 +35,7 @@ declare -A dict=([gguf]=gguf.dict [gguf_model]=gguf.dict [tokenizer]=gguf.dict [
 echo "run-fuzz: configuring $build ($CXX)"
 cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release -DTRANSMLA_FUZZ=ON -DTRANSMLA_WERROR=ON \
       -DTRANSMLA_BUILD_TESTS=ON -DTRANSMLA_BUILD_BENCH=OFF -DTRANSMLA_BUILD_EXAMPLES=OFF -DTRANSMLA_CUDA=OFF \
-      >"$build.configure.log" 2>&1 || { cat "$build.configure.log" >&2; echo "run-fuzz: configure failed" >&2; exit 1; }
+      -DTRANSMLA_FUZZ_OPT="${FUZZ_OPT:--O1}" >"$build.configure.log" 2>&1 || { cat "$build.configure.log" >&2; echo "run-fuzz: configure failed" >&2; exit 1; }
 targets=(fuzz_seeds)
 for h in "${harnesses[@]}"; do targets+=("fuzz_$h"); done
 echo "run-fuzz: building ${targets[*]}"
@@ -63,10 +70,12 @@ run_one() {
     local h="$1" corpus="$work/corpus/$1" art="$work/artifacts/$1/"
     mkdir -p "$corpus" "$art"
     cp "$seeds/$h"/* "$corpus"/
-    local rc=0
-    "$bin/fuzz_$h" "$corpus" -dict="$repo/tests/fuzz/${dict[$h]}" -max_total_time="$secs" -max_len=65536 \
+    local rc=0 t0
+    t0=$(date +%s)
+    nice -n "${FUZZ_NICE:-0}" "$bin/fuzz_$h" "$corpus" -dict="$repo/tests/fuzz/${dict[$h]}" -max_total_time="$secs" -runs="$(( runs > 0 ? runs : -1 ))" -max_len=65536 \
         -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="$art" >"$work/$h.log" 2>&1 || rc=$?
     echo "$rc" >"$work/$h.rc"
+    echo "$(( $(date +%s) - t0 ))" >"$work/$h.secs"
 }
 pids=()
 for h in "${harnesses[@]}"; do
@@ -88,7 +97,7 @@ for h in "${harnesses[@]}"; do
     findings="$(find "$work/artifacts/$h" -type f | wc -l)"
     if [ "$rc" = 0 ] && [ "$findings" = 0 ]; then verdict=ok; else verdict="FINDING (rc $rc)"; status=1; fi
     printf 'run-fuzz: %-12s %s  execs %s  exec/s %s  cov %s  ft %s  peak_rss %s MB  %ss\n' "$h" "$verdict" \
-        "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "${rss:-?}" "$secs"
+        "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "${rss:-?}" "$(cat "$work/$h.secs" 2>/dev/null || echo ?)"
     if [ "$verdict" != ok ]; then
         grep -E 'ERROR|SUMMARY|==[0-9]+==|runtime error|deadly|Test unit written' "$log" | head -n 20 >&2 || true
         echo "run-fuzz: $h: log $log, artifacts in $work/artifacts/$h/ (save as tests/data/fuzz_regressions/$h/<name>)" >&2
