@@ -2,6 +2,7 @@
 // comparisons with NaN-proof errors, and the list of ISA levels this machine can run.
 #pragma once
 
+#include "nonfinite_check.hpp"
 #include "test_util.hpp"
 #include "transmla/cpu/cpu.hpp"
 #include "transmla/reference/reference.hpp"
@@ -21,21 +22,6 @@ inline std::vector<cpu::Isa> runnable_isas() {
     for (auto i : {cpu::Isa::sse2, cpu::Isa::avx2, cpu::Isa::avx512, cpu::Isa::avx512bf16})
         if (cpu::isa_supported(i)) v.push_back(i);
     return v;
-}
-
-/// Max |a − e| over entries, treating matching infinities as equal; +inf on NaN.
-inline double lse_error(const std::vector<float>& a, const std::vector<double>& e) {
-    if (a.size() != e.size()) return std::numeric_limits<double>::infinity();
-    double err = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        if (std::isnan(a[i]) || std::isnan(e[i])) return std::numeric_limits<double>::infinity();
-        if (std::isinf(e[i]) || std::isinf(a[i])) {
-            if (double(a[i]) != e[i]) return std::numeric_limits<double>::infinity();
-            continue;
-        }
-        err = std::max(err, std::abs(double(a[i]) - e[i]));
-    }
-    return err;
 }
 
 /// Tolerance of a kernel result whose inputs are exactly representable (the reference reads the

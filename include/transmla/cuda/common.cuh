@@ -101,9 +101,37 @@ __device__ __forceinline__ std::uint32_t pack_raw(__nv_bfloat16 lo, __nv_bfloat1
     return std::uint32_t(__bfloat16_as_ushort(lo)) | (std::uint32_t(__bfloat16_as_ushort(hi)) << 16);
 }
 
+/// Maximum that keeps NaN (fmaxf drops it: a NaN logit would vanish from its row's maximum and
+/// the row would come out finite, or as a row without keys, where reference/ gives NaN).
+__device__ __forceinline__ float max_nan(float a, float b) { return a != a ? a : b != b ? b : fmaxf(a, b); }
+
+/// A logit its row sees: itself when finite, else NaN. −inf marks a masked key in the kernels, so
+/// a visible −inf (from −Inf in q or k) must not pass for one; ±Inf and NaN poison the row (out
+/// and lse NaN), as in reference/.
+__device__ __forceinline__ float visible_logit(float s) { return fabsf(s) < -neg_inf ? s : s - s; }
+
+/// Whether any of the 8 storage elements in x is ±Inf or NaN (all exponent bits set).
+template <class T>
+__device__ __forceinline__ bool has_nonfinite(uint4 x) {
+    constexpr std::uint32_t e = std::is_same_v<T, __half> ? 0x7C00u : 0x7F80u;
+    const std::uint32_t w[4] = {x.x, x.y, x.z, x.w};
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) bad = bad || (w[i] & e) == e || ((w[i] >> 16) & e) == e;
+    return bad;
+}
+
+/// 1/l of a finished row: 0 for a row without keys (l = 0), NaN stays NaN.
+__device__ __forceinline__ float row_inv(float l) { return l == 0.f ? 0.f : 1.f / l; }
+
+/// Natural-log lse of a finished row from its base-2 maximum and sum: −inf without keys.
+__device__ __forceinline__ float row_lse(float m2, float l) {
+    return l == 0.f ? neg_inf : (m2 + log2f(l)) * 0.6931471805599453f;
+}
+
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    for (int o = 16; o > 0; o >>= 1) x = max_nan(x, __shfl_xor_sync(0xffffffffu, x, o));
     return x;
 }
 __device__ __forceinline__ float warp_sum(float x) {
@@ -163,17 +191,18 @@ struct RowOut {
 
 /// Merges `splits` finished partial results per row: partial o `[rows][splits][dv]` (f32) and
 /// lse `[rows][splits]` (natural log, −inf for an empty partial) into `out` and `lse_out [rows]`
-/// (may be null). One block per row; NaN-safe on empty partials (a row with no key gets 0, −inf).
+/// (may be null). One block per row; NaN-safe on empty partials (a row with no key gets 0, −inf);
+/// a NaN partial (a non-finite logit in its split) makes the whole row NaN.
 template <class To>
 __global__ void merge_partials_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
                                       int splits, int dv, RowOut<To> out, float* __restrict__ lse_out) {
     const std::int64_t row = blockIdx.x;
     const float* pl = part_lse + row * splits;
     float m = neg_inf;
-    for (int s = 0; s < splits; ++s) m = fmaxf(m, pl[s]);
+    for (int s = 0; s < splits; ++s) m = max_nan(m, pl[s]);
     float wsum = 0.f;
     for (int s = 0; s < splits; ++s) wsum += (pl[s] == neg_inf) ? 0.f : expf(pl[s] - m);
-    const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+    const float inv = row_inv(wsum);
     To* o = out.row(row);
     const float* po = part_o + row * splits * dv;
     for (int e = threadIdx.x; e < dv; e += blockDim.x) {
@@ -182,7 +211,7 @@ __global__ void merge_partials_kernel(const float* __restrict__ part_o, const fl
             if (pl[s] != neg_inf) acc += expf(pl[s] - m) * po[std::int64_t(s) * dv + e];
         o[e] = from_f32<To>(acc * inv);
     }
-    if (threadIdx.x == 0 && lse_out) lse_out[row] = wsum > 0.f ? m + logf(wsum) : neg_inf;
+    if (threadIdx.x == 0 && lse_out) lse_out[row] = wsum == 0.f ? neg_inf : m + logf(wsum);
 }
 
 /// Launches merge_partials_kernel over `rows` rows.

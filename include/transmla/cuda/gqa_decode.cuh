@@ -111,8 +111,8 @@ __global__ void __launch_bounds__(128)
                 s = fmaf(q_s[r][c], kf.x, s);
                 s = fmaf(q_s[r][c + 1], kf.y, s);
             }
-            if (key >= key_end) s = neg_inf;
-            const float m_new = fmaxf(m[i], warp_max(s));
+            s = key < key_end ? visible_logit(s) : neg_inf;
+            const float m_new = max_nan(m[i], warp_max(s));
             if (m_new == neg_inf) continue;  // nothing visible yet (warp-uniform)
             const float f = (m[i] == neg_inf) ? 0.f : exp2f(m[i] - m_new);
             const float pj = exp2_masked(s, m_new);
@@ -123,7 +123,9 @@ __global__ void __launch_bounds__(128)
                 acc[i][pi].x *= f;
                 acc[i][pi].y *= f;
             }
-            for (int j = 0; j < ntok; ++j) {
+            // only the keys this row sees: 0·v would turn a NaN value past its causal end into NaN
+            const int nvis = key_end - tile0 < ntok ? int(key_end - tile0) : ntok;
+            for (int j = 0; j < nvis; ++j) {
                 const float w = __shfl_sync(0xffffffffu, pj, j);
 #pragma unroll
                 for (int pi = 0; pi < PAIRS; ++pi) {
@@ -141,8 +143,8 @@ __global__ void __launch_bounds__(128)
         const int r = warp + 4 * i, lr = row0 + r;
         if (lr >= rows_seq) continue;
         const int t = lr / group, head = h * group + lr % group;
-        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
-        const float lse = l[i] > 0.f ? (m[i] + log2f(l[i])) * 0.6931471805599453f : neg_inf;
+        const float inv = row_inv(l[i]);
+        const float lse = row_lse(m[i], l[i]);
         const std::int64_t flat = (std::int64_t(b) * p.q_len + t) * p.n_q + head;
         if (splits == 1) {
             T* o = p.out + b * p.out_stride_b + t * p.out_stride_t + head * p.out_stride_h;

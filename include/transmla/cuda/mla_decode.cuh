@@ -83,13 +83,19 @@ __global__ void __launch_bounds__(128 * RT)
     for (std::int64_t tile0 = begin; tile0 < end; tile0 += TILE) {
         const int ntok = end - tile0 < TILE ? int(end - tile0) : TILE;
         __syncthreads();  // the previous tile is consumed (and q_s, m_s, l_s are written)
+        // With several query tokens, keys [seen_by_all, ntok) are past the causal end of the
+        // block's first token. A non-finite value (first R columns) there would meet that row's
+        // P = 0 in the tensor-core P·V (0·NaN = NaN): such a tile takes the exact path of step 3.
+        const std::int64_t seen_by_all = len - p.q_len + row0 / H + 1 - tile0;
+        int risky = 0;
         for (int i = tid; i < TILE * (W / 8); i += blockDim.x) {
             const int j = i / (W / 8), c = (i % (W / 8)) * 8;
             uint4 x = make_uint4(0, 0, 0, 0);  // rows past the end are zeros: P = 0 must not meet NaN
             if (j < ntok) x = *reinterpret_cast<const uint4*>(p.cache + cache_token_offset(p.layout, b, tile0 + j) + c);
+            if (j >= seen_by_all && j < ntok && c < R) risky |= int(has_nonfinite<T>(x));
             *reinterpret_cast<uint4*>(&kv_s[j][c]) = x;
         }
-        __syncthreads();
+        const bool exact_pv = __syncthreads_or(risky) != 0;  // block-uniform
 
         // 1. S[wr .. wr + 16, 8·wq .. 8·wq + 8) = Q · K_tileᵀ over all W columns.
         {
@@ -122,12 +128,12 @@ __global__ void __launch_bounds__(128 * RT)
             float s[4], mx = neg_inf;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                s[j] = (tile0 + c0 + j < key_end) ? s_s[r][c0 + j] * qscale : neg_inf;
-                mx = fmaxf(mx, s[j]);
+                s[j] = (tile0 + c0 + j < key_end) ? visible_logit(s_s[r][c0 + j] * qscale) : neg_inf;
+                mx = max_nan(mx, s[j]);
             }
 #pragma unroll
-            for (int o = 1; o < 8; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            const float m_old = m_s[r], m_new = fmaxf(m_old, mx);
+            for (int o = 1; o < 8; o <<= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            const float m_old = m_s[r], m_new = max_nan(m_old, mx);
             const float f = (m_old == neg_inf) ? 0.f : exp2f(m_old - m_new);
             float sum = 0.f;
 #pragma unroll
@@ -157,6 +163,26 @@ __global__ void __launch_bounds__(128 * RT)
                 acc[n][2] *= f1;
                 acc[n][3] *= f1;
             }
+            if (exact_pv) {
+                // Rare: each lane sums its outputs over the keys its two rows see.
+#pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    const int r = wr + g + 8 * hr, lr = row0 + r;
+                    if (lr >= rows_seq) continue;
+                    const std::int64_t lim = len - p.q_len + lr / H + 1, row_end = end < lim ? end : lim;
+                    const int nvis = row_end - tile0 < ntok ? int(row_end - tile0) : ntok;
+                    for (int j = 0; j < nvis; ++j) {
+                        const float pj = to_f32(p_s[r][j]);
+#pragma unroll
+                        for (int n = 0; n < NT; ++n) {
+                            const int col = wq * DW + n * 8 + 2 * t4;
+                            acc[n][2 * hr] = fmaf(pj, to_f32(kv_s[j][col]), acc[n][2 * hr]);
+                            acc[n][2 * hr + 1] = fmaf(pj, to_f32(kv_s[j][col + 1]), acc[n][2 * hr + 1]);
+                        }
+                    }
+                }
+                continue;
+            }
 #pragma unroll
             for (int kk = 0; kk < TILE; kk += 16) {
                 const std::uint32_t a[4] = {*reinterpret_cast<const std::uint32_t*>(&p_s[wr + g][kk + 2 * t4]),
@@ -182,7 +208,7 @@ __global__ void __launch_bounds__(128 * RT)
         const int r = wr + g + 8 * hr, lr = row0 + r;
         if (lr >= rows_seq) continue;
         const float l = l_s[r];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float inv = row_inv(l);
         const int t = lr / H, head = lr % H;
         const std::int64_t flat = (std::int64_t(b) * p.q_len + t) * H + head;
         if (splits == 1) {
@@ -201,7 +227,7 @@ __global__ void __launch_bounds__(128 * RT)
     if (tid < M && row0 + tid < rows_seq) {
         const int lr = row0 + tid;
         const float l = l_s[tid];
-        const float lse = l > 0.f ? (m_s[tid] + log2f(l)) * 0.6931471805599453f : neg_inf;
+        const float lse = row_lse(m_s[tid], l);
         const std::int64_t flat = (std::int64_t(b) * p.q_len + lr / H) * H + lr % H;
         if (splits == 1) {
             if (p.lse) p.lse[flat] = lse;

@@ -70,13 +70,19 @@ __global__ void __launch_bounds__(128) prefill_kernel(PrefillParams<T> p, std::i
             if (j < ntok) x = *reinterpret_cast<const uint4*>(p.k + (tile0 + j) * p.k_stride_t + kvh * p.k_stride_h + c);
             *reinterpret_cast<uint4*>(&k_s[j][c]) = x;
         }
+        // Keys [seen_by_all, ntok) of the tile are past some row's causal end. A non-finite value
+        // there would meet that row's P = 0 in the tensor-core P·V (0·NaN = NaN) and poison a row
+        // that never sees it: such a tile takes the exact path below.
+        const std::int64_t seen_by_all = p.causal ? q_offset + row0 + 1 - tile0 : std::int64_t(ntok);
+        int risky = 0;
         for (int i = tid; i < BN * (DV / 8); i += blockDim.x) {
             const int j = i / (DV / 8), c = (i % (DV / 8)) * 8;
             uint4 x = make_uint4(0, 0, 0, 0);
             if (j < ntok) x = *reinterpret_cast<const uint4*>(p.v + (tile0 + j) * p.v_stride_t + kvh * p.v_stride_h + c);
+            if (j >= seen_by_all && j < ntok) risky |= int(has_nonfinite<T>(x));
             *reinterpret_cast<uint4*>(&v_s[j][c]) = x;
         }
-        __syncthreads();
+        const bool exact_pv = __syncthreads_or(risky) != 0;  // block-uniform
 
         // S = Q · K_tileᵀ for this warp's 16 rows.
         float s[NS][4];
@@ -106,15 +112,15 @@ __global__ void __launch_bounds__(128) prefill_kernel(PrefillParams<T> p, std::i
                 const int hr = e / 2;
                 const std::int64_t key = tile0 + n * 8 + 2 * t4 + (e % 2);
                 const bool ok = key < kv_end && qrow[hr] < p.q_len && (!p.causal || key <= q_offset + qrow[hr]);
-                s[n][e] = ok ? s[n][e] * qscale : neg_inf;
-                mx[hr] = fmaxf(mx[hr], s[n][e]);
+                s[n][e] = ok ? visible_logit(s[n][e] * qscale) : neg_inf;
+                mx[hr] = max_nan(mx[hr], s[n][e]);
             }
         float f[2];
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
-            mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
-            const float m_new = fmaxf(m[hr], mx[hr]);
+            mx[hr] = max_nan(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 1));
+            mx[hr] = max_nan(mx[hr], __shfl_xor_sync(0xffffffffu, mx[hr], 2));
+            const float m_new = max_nan(m[hr], mx[hr]);
             f[hr] = (m[hr] == neg_inf) ? 0.f : exp2f(m[hr] - m_new);
             m[hr] = m_new;
             l[hr] *= f[hr];
@@ -132,6 +138,38 @@ __global__ void __launch_bounds__(128) prefill_kernel(PrefillParams<T> p, std::i
             acc[n][1] *= f[0];
             acc[n][2] *= f[1];
             acc[n][3] *= f[1];
+        }
+
+        if (exact_pv) {
+            // Rare (a non-finite value in a key some row does not see): P, rounded to T as the
+            // tensor cores would see it, goes through shared memory (the K tile is consumed), and
+            // each lane sums its outputs over the keys its two rows see.
+            static_assert(QP >= BN, "prefill_kernel: the P tile reuses the K tile");
+            __syncthreads();  // every warp is done with k_s
+#pragma unroll
+            for (int n = 0; n < NS; ++n) {
+                k_s[qr][n * 8 + 2 * t4] = from_f32<T>(s[n][0]);
+                k_s[qr][n * 8 + 2 * t4 + 1] = from_f32<T>(s[n][1]);
+                k_s[qr + 8][n * 8 + 2 * t4] = from_f32<T>(s[n][2]);
+                k_s[qr + 8][n * 8 + 2 * t4 + 1] = from_f32<T>(s[n][3]);
+            }
+            __syncthreads();
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                if (qrow[hr] >= p.q_len) continue;
+                const std::int64_t row_end = p.causal ? min(kv_end, q_offset + qrow[hr] + 1) : kv_end;
+                const int nvis = row_end - tile0 < ntok ? int(row_end - tile0) : ntok;
+                for (int j = 0; j < nvis; ++j) {
+                    const float pj = to_f32(k_s[qr + 8 * hr][j]);
+#pragma unroll
+                    for (int n = 0; n < NO; ++n) {
+                        const int col = n * 8 + 2 * t4;
+                        acc[n][2 * hr] = fmaf(pj, to_f32(v_s[j][col]), acc[n][2 * hr]);
+                        acc[n][2 * hr + 1] = fmaf(pj, to_f32(v_s[j][col + 1]), acc[n][2 * hr + 1]);
+                    }
+                }
+            }
+            continue;
         }
 
         // O += P · V_tile: the S accumulators of key tiles 2kk and 2kk+1 are P's A fragment.
@@ -156,13 +194,13 @@ __global__ void __launch_bounds__(128) prefill_kernel(PrefillParams<T> p, std::i
         l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
         l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
         if (qrow[hr] >= p.q_len) continue;
-        const float inv = l[hr] > 0.f ? 1.f / l[hr] : 0.f;
+        const float inv = row_inv(l[hr]);
         T* o = p.out + qrow[hr] * p.out_stride_t + head * p.out_stride_h + 2 * t4;
 #pragma unroll
         for (int n = 0; n < NO; ++n)
             *reinterpret_cast<std::uint32_t*>(o + n * 8) = pack2<T>(acc[n][2 * hr] * inv, acc[n][2 * hr + 1] * inv);
         if (t4 == 0 && p.lse)
-            p.lse[qrow[hr] * p.n_q + head] = l[hr] > 0.f ? (m[hr] + log2f(l[hr])) * 0.6931471805599453f : neg_inf;
+            p.lse[qrow[hr] * p.n_q + head] = row_lse(m[hr], l[hr]);
     }
 }
 

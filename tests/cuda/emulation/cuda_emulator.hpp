@@ -7,7 +7,7 @@
 //   switching stacks); blocks run one after the other; the
 //   fibers of a block are scheduled cooperatively, switching only at __syncthreads, at warp
 //   shuffles and at mma, so shared memory needs no locking;
-// - __syncthreads is a block barrier; a barrier that can never complete (threads waiting at
+// - __syncthreads is a block barrier (__syncthreads_or also ORs a value over the block); a barrier that can never complete (threads waiting at
 //   different barriers, or some finished while others wait) is reported as an error, as is a
 //   block barrier reached inside divergent code;
 // - __shfl_sync / __shfl_xor_sync exchange values through a warp buffer between two warp barriers;
@@ -85,6 +85,7 @@ struct Block {
     // block barrier
     int bar_count = 0;
     long bar_gen = 0;
+    int bar_or = 0, bar_or_result = 0;  // __syncthreads_or: this generation's OR, the last result
     // warp barriers and exchange buffers
     std::vector<int> wcount;
     std::vector<long> wgen;
@@ -122,6 +123,25 @@ inline void block_barrier() {
         return;
     }
     while (b.bar_gen == gen) yield();
+}
+
+/// __syncthreads_or: a block barrier that returns whether any thread passed a non-zero value. The
+/// result stays valid until the next barrier completes, which needs every fiber, so every fiber
+/// has read it by then.
+inline int block_barrier_or(int v) {
+    Block& b = block();
+    b.bar_or |= v != 0;
+    const long gen = b.bar_gen;
+    if (++b.bar_count == b.nthreads) {
+        b.bar_or_result = b.bar_or;
+        b.bar_or = 0;
+        b.bar_count = 0;
+        ++b.bar_gen;
+        ++b.progress;
+        return b.bar_or_result;
+    }
+    while (b.bar_gen == gen) yield();
+    return b.bar_or_result;
 }
 
 inline void warp_barrier() {
@@ -247,6 +267,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 blk, std::size_t smem, A&&... 
                 blockIdx = uint3{x, y, z};
                 b.dyn_smem.assign(smem + 16, 0xFF);  // NaN bytes: reading unwritten shared memory shows
                 b.bar_count = 0;
+                b.bar_or = 0;
                 for (int i = 0; i < n; ++i) {
                     Fiber& f = b.fibers[std::size_t(i)];
                     f.done = false;
@@ -282,6 +303,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 blk, std::size_t smem, A&&... 
 }  // namespace transmla_emu
 
 inline void __syncthreads() { transmla_emu::block_barrier(); }
+inline int __syncthreads_or(int v) { return transmla_emu::block_barrier_or(v); }
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     return transmla_emu::shfl_from(v, transmla_emu::tid() % 32 ^ lane_mask);
 }
