@@ -51,7 +51,8 @@ struct ModelConfig {
         require(vocab > 0 && hidden > 0 && layers > 0 && intermediate > 0, "ModelConfig: bad sizes vocab=", vocab,
                 " hidden=", hidden, " layers=", layers, " intermediate=", intermediate);
         DynamicGqaShape(n_q, n_kv, head_dim);
-        require(n_q * head_dim == hidden, "ModelConfig: n_q·head_dim = ", n_q * head_dim, " != hidden ", hidden);
+        const std::int64_t q_width = std::int64_t(n_q) * head_dim;  // (int product: may overflow)
+        require(q_width == hidden, "ModelConfig: n_q·head_dim = ", q_width, " != hidden ", hidden);
         rope.validate(head_dim);
         require(rms_eps > 0 && max_positions > 0, "ModelConfig: bad rms_eps or max_positions");
     }
@@ -224,8 +225,9 @@ public:
             const auto& L = layers[l];
             require(L.attn_norm.size() == config.hidden && L.ffn_norm.size() == config.hidden, "Model: layer ", l,
                     ": norm weights have the wrong size");
-            require(L.mlp.gate_up.rows() == 2 * config.intermediate && L.mlp.gate_up.cols() == config.hidden &&
-                        L.mlp.down.rows() == config.hidden && L.mlp.down.cols() == config.intermediate,
+            require(L.mlp.gate_up.rows() == 2 * std::int64_t(config.intermediate) &&
+                        L.mlp.gate_up.cols() == config.hidden && L.mlp.down.rows() == config.hidden &&
+                        L.mlp.down.cols() == config.intermediate,
                     "Model: layer ", l, ": MLP weights have the wrong shape");
         }
     }
