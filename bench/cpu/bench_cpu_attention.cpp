@@ -1,8 +1,9 @@
-// CPU attention benchmarks (issue 3): decode of GQA and absorbed MLA over the model shapes,
+// CPU attention benchmarks: decode of GQA and absorbed MLA over the model shapes,
 // contexts, batch sizes, thread counts and storage types, GQA causal prefill, and the Llama-2-7B
-// MHA-vs-MLA side-by-side case. Each case reports time, GB/s and GFLOP/s by DESIGN §5's formulas
-// and the % of its floor = max(bytes / read bandwidth, FLOPs / peak) computed from the ceilings
-// this binary measures at start-up (the "probe/..." rows) for the same number of threads.
+// MHA-vs-MLA side-by-side case. Each case reports time, GB/s and GFLOP/s by the formulas of
+// docs/performance.md and the % of its floor = max(bytes / read bandwidth, FLOPs / peak) computed
+// from the ceilings this binary measures at start-up (the "probe/..." rows) for the same number of
+// threads.
 //
 //   bench_cpu_attention --benchmark_filter='gqa_decode/32x8x128/f16/ctx:4096/b:1/thr:2'
 //       --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -75,7 +76,7 @@ std::vector<T> random_data(std::size_t n, float sd, unsigned seed) {
     return v;
 }
 
-/// Counters of DESIGN §5 and the % of floor. `dot_bf16`: the FLOPs run on the bf16 dot unit.
+/// Counters of docs/performance.md and the % of floor. `dot_bf16`: the FLOPs run on the bf16 dot unit.
 void report(benchmark::State& st, double bytes, double flops, int threads, bool dot_bf16) {
     const auto& c = ceilings(threads);
     const double peak = dot_bf16 ? c.bf16_gflops : c.fma_gflops;

@@ -1,9 +1,10 @@
 // CUDA attention benchmarks (Google Benchmark, CUDA-event timing, warm-up, medians of 5
 // repetitions): GQA decode (contiguous and paged), absorbed MLA decode, GQA prefill and MLA naive
-// prefill, bf16. Every result carries GB/s and TFLOP/s computed with the DESIGN §5 formulas and
-// "%floor" = the time floor max(bytes / bandwidth, FLOPs / peak) over the measured time, with
-// both ceilings measured at start-up on this GPU: a device-to-device copy (bandwidth) and a large
-// cuBLAS bf16 GEMM with f32 accumulation (compute). Without a GPU it says so and exits with 77.
+// prefill, bf16. Every result carries GB/s and TFLOP/s computed with the formulas of
+// docs/performance.md and "%floor" = the time floor max(bytes / bandwidth, FLOPs / peak) over the
+// measured time, with both ceilings measured at start-up on this GPU: a device-to-device copy
+// (bandwidth) and a large cuBLAS bf16 GEMM with f32 accumulation (compute). Without a GPU it says
+// so and exits with 77.
 // See bench/cuda/README.md for the commands and the PyTorch side-by-side script.
 #include "bench_kernels.hpp"
 #include "transmla/cuda/api.hpp"
@@ -100,7 +101,7 @@ bool too_big(benchmark::State& st, double bytes) {
     return true;
 }
 
-/// Warm-up, then one timed launch per iteration; counters from the DESIGN §5 byte and FLOP counts.
+/// Warm-up, then one timed launch per iteration; counters from the byte and FLOP counts of docs/performance.md.
 template <class F>
 void run_timed(benchmark::State& st, F&& launch, double bytes, double flops) {
     Events ev;
@@ -167,8 +168,8 @@ void bm_gqa_decode(benchmark::State& st, int n_q, int n_kv, int d, int batch, st
     const auto plan = tc::plan_gqa_decode(batch, 1, n_q, n_kv, d, ctx);
     Dev ws(plan.workspace_bytes());
     st.counters["splits"] = plan.splits;
-    const double bytes = 2.0 * double(ctx) * n_kv * d * 2 * batch;  // §5: 2·L·n_kv·d·s per sequence
-    const double flops = 4.0 * double(ctx) * n_q * d * batch;        // §5: 4·L·n_q·d per sequence
+    const double bytes = 2.0 * double(ctx) * n_kv * d * 2 * batch;  // 2·ctx·n_kv·d·s per sequence
+    const double flops = 4.0 * double(ctx) * n_q * d * batch;        // 4·ctx·n_q·d per sequence
     run_timed(st, [&] { tc::gqa_decode<bf16>(p, plan, ws.p, plan.workspace_bytes()); }, bytes, flops);
 }
 
@@ -200,8 +201,8 @@ void bm_mla_decode(benchmark::State& st, int heads, int r, int dr, int batch, st
     const auto plan = tc::plan_mla_decode(batch, 1, heads, r, ctx);
     Dev ws(plan.workspace_bytes());
     st.counters["splits"] = plan.splits;
-    const double bytes = double(ctx) * w * 2 * batch;                   // §5: L·(r + d_r)·s
-    const double flops = 2.0 * double(ctx) * heads * (2.0 * r + dr) * batch;  // §5: 2·L·n_q·(2r + d_r)
+    const double bytes = double(ctx) * w * 2 * batch;                   // ctx·(r + d_r)·s
+    const double flops = 2.0 * double(ctx) * heads * (2.0 * r + dr) * batch;  // 2·ctx·n_q·(2r + d_r)
     run_timed(st, [&] { tc::mla_decode<bf16>(p, plan, ws.p, plan.workspace_bytes()); }, bytes, flops);
 }
 

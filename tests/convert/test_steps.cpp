@@ -1,4 +1,4 @@
-// TransMLA steps 1–7 (CONVERSION.md): each invariant on synthetic layers with structured inputs.
+// TransMLA steps 1–7 (docs/conversion.md): each invariant on synthetic layers with structured inputs.
 #include "synthetic.hpp"
 #include "transmla/convert/forward.hpp"
 #include "transmla/convert/transmla.hpp"

@@ -1,5 +1,5 @@
-// GQA decode and prefill kernels against reference::gqa_attention (double) over the DESIGN §6
-// shape matrix, at every ISA level this machine runs.
+// GQA decode and prefill kernels against reference::gqa_attention (double) over the test matrix
+// of docs/conventions.md, at every ISA level this machine runs.
 #include "cpu_test_util.hpp"
 
 #include <span>

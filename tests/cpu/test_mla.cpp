@@ -1,6 +1,6 @@
 // Absorbed MLA decode (latent multi-query attention) against reference::mla_latent_attention over
-// the DESIGN §6 matrix (odd lengths, storage types, paged/contiguous, split/unsplit, 1/2 workers,
-// both RoPE pairings), at every ISA level this machine runs.
+// the test matrix of docs/conventions.md (odd lengths, storage types, paged/contiguous,
+// split/unsplit, 1/2 workers, both RoPE pairings), at every ISA level this machine runs.
 #include "cpu_test_util.hpp"
 #include "transmla/rope.hpp"
 

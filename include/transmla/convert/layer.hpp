@@ -1,4 +1,4 @@
-// transmla/convert/layer.hpp — the data types of the GQA → MLA conversion (CONVERSION.md):
+// transmla/convert/layer.hpp — the data types of the GQA → MLA conversion (docs/conversion.md):
 // the layers before, during and after conversion, the calibration statistics, the options and
 // the per-layer report. fp64 (Eigen::MatrixXd) throughout; weights are nn.Linear `[out, in]`.
 //
@@ -127,7 +127,7 @@ struct GqaLayer {
 // Step 1: the equivalent latent form
 // ------------------------------------------------------------------------------------------------
 
-/// CONVERSION.md step 1: the GQA layer read as one latent key k̂ = W_K x + b_K ∈ R^L and value
+/// Step 1 (docs/conversion.md): the GQA layer read as one latent key k̂ = W_K x + b_K ∈ R^L and value
 /// v̂ = W_V x + b_V ∈ R^L per token (the same cache, 2L), with selectors S_i ∈ R^{d×L}
 /// (S_i picks block i/g). Forward: k_i = S_i k̂, v_i = S_i v̂, then exactly the GQA forward
 /// (RoPE on q_i and k_i in the original pairing). Exact.
@@ -283,7 +283,7 @@ struct MlaLayer {
     }
 };
 
-/// CONVERSION.md step 7: an MLA layer with W_UK folded into the query and W_UV into the output.
+/// Step 7 (docs/conversion.md): an MLA layer with W_UK folded into the query and W_UV into the output.
 ///
 /// Forward (`forward(const AbsorbedMlaLayer&, X, positions)`): the cache row [c | R_s k_pe] is
 /// produced by kv_a exactly as in MlaLayer; per head i
@@ -413,7 +413,7 @@ inline MatrixXd float_rows(std::span<const float> rows, std::int64_t tokens, std
 
 /// fp64 uncentred second moment of the augmented attention input [x; 1] of one layer:
 /// H = Σ_t [x_t; 1][x_t; 1]ᵀ ((D+1)×(D+1); H[D][D] = token count, H[:D][D] = Σ x). Every
-/// statistic of CONVERSION.md (pre-RoPE keys, values, queries, rotated keys, column norms) is
+/// statistic of docs/conversion.md (pre-RoPE keys, values, queries, rotated keys, column norms) is
 /// A H Aᵀ for A = [W | b]. Padding rows are excluded with a mask. add() and merge() may be
 /// called concurrently from several threads (the products are computed outside the lock).
 class CalibrationStats {

@@ -1,5 +1,5 @@
 // transmla/convert/transmla.hpp — the TransMLA conversion, one function per step of
-// CONVERSION.md, in order: equivalence (1), RoRoPE + FreqFold (2), balanced KV (3), joint PCA
+// docs/conversion.md, in order: equivalence (1), RoRoPE + FreqFold (2), balanced KV (3), joint PCA
 // (4), query construction and scale fix (5), DeepSeek-V3 assembly (6), absorption (7); and
 // finish_transmla, steps 3–6 in one call on the statistics of the partial-RoPE model.
 #pragma once
@@ -66,7 +66,7 @@ inline std::vector<int> allowed_freqfolds(int d, int c) {
 }
 }  // namespace detail
 
-/// The closed-form RoRoPE/FreqFold index map of CONVERSION.md step 2.
+/// The closed-form RoRoPE/FreqFold index map of docs/conversion.md, step 2.
 ///
 /// Half-head frequency j ∈ [0, d/2) splits as j = a·F + f1·c + f0 (a < G = d/(2F), f1 < F/c,
 /// f0 < c). Group a has n_kv·F features φ = f0·(n_kv·F/c) + h·(F/c) + f1 (KV head h, frequency

@@ -19,7 +19,7 @@
 //     apply_uv_o(latent, kv_b, d_nope, w_o, y)         y = W_O · concat_i(W_UV^i · latent_i)
 //     mla_prefill(q_nope, q_pe, cache, kv_b, scale, out [T][H][d_v], lse, MlaOrder, opt)
 //                 naive (decompressed) or absorbed order, chosen per call by a cost model
-//   Threading (DESIGN §3): the library never starts threads.
+//   Threading (docs/conventions.md): the library never starts threads.
 //     auto call = prepare(GqaAttention{...} or MlaAttention{...}, opt);  Plan plan = make_plan(call, opt);
 //     plan.run(call, i) for i in [0, plan.size()) from any threads (each once per use), or
 //     run_all(plan, call) (OpenMP parallel loop when enabled); split

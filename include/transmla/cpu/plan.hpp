@@ -1,4 +1,4 @@
-// transmla/cpu/plan.hpp — split-KV work plans (DESIGN §3 threading) and the engine that runs one
+// transmla/cpu/plan.hpp — split-KV work plans (docs/conventions.md, threading) and the engine that runs one
 // plan item through the attention kernel.
 //
 // An attention call is a list of *groups*: query rows that share one KV source (GQA: one KV head

@@ -1,9 +1,9 @@
 // transmla/model/convert_model.hpp — whole-model GQA → MLA conversion on real text:
-// calibration (each layer's attention-input statistics, CONVERSION.md), the two-phase TransMLA
+// calibration (each layer's attention-input statistics, docs/conversion.md), the two-phase TransMLA
 // conversion, the exact mode and MHA2MLA, and the bridges between the fp32 runtime layers of
 // model.hpp and the fp64 layer types of convert/.
 //
-// TransMLA, as CONVERSION.md prescribes (no shortcuts):
+// TransMLA, as docs/conversion.md describes it (no shortcuts):
 //   1. run the ORIGINAL model on the calibration sequences, gather H_ℓ = Σ [x;1][x;1]ᵀ of every
 //      layer's attention input;
 //   2. RoRoPE + FreqFold of every layer from its H_ℓ (convert::rorope) → partial-RoPE layers;

@@ -4,7 +4,7 @@
 // RoPE pairing: llama.cpp's converter permutes the rows of attn_q / attn_k so that its
 // interleaved ("NORM") RoPE kernel computes what Hugging Face's half-split RoPE computes on the
 // original rows. By default the loader un-permutes them (io::unpermute_llama_qk) and uses the
-// half-split pairing: the Hugging Face layout that CONVERSION.md's index maps are written in.
+// half-split pairing: the Hugging Face layout that the index maps of docs/conversion.md use.
 // With `keep_gguf_order` the rows stay as stored and the pairing is interleaved; both give the
 // same logits (a test checks it).
 #pragma once

@@ -74,7 +74,7 @@ struct GqaAttention {
     int cache_width() const noexcept { return 2 * n_kv * head_dim; }
 };
 
-/// TransMLA's partial-RoPE intermediate (CONVERSION.md step 2/3; convert::PartialRopeLayer).
+/// TransMLA's partial-RoPE intermediate (docs/conversion.md, steps 2–3; convert::PartialRopeLayer).
 /// Per head the query is q̂_i = S̃_iᵀ q_i (L wide), one shared key k̃ (L wide, RoPE on its first
 /// rope_dim dims as interleaved pairs), values per KV head. Cache row: [k̃ (L) | v (n_kv·d)].
 struct PartialRopeAttention {
