@@ -121,6 +121,23 @@ __device__ __forceinline__ bool has_nonfinite(uint4 x) {
     return bad;
 }
 
+/// The exact P·V of a tile on CUDA cores, for one of a lane's two fragment rows (hr): acc[n][2hr],
+/// acc[n][2hr + 1] += Σ_{j < nvis} p_row[j] · v[j·v_stride + col0 + 8n + {0, 1}]. Used where the
+/// tensor cores would meet 0·NaN: keys past the row's end (j ≥ nvis) are never read.
+template <int N, class T>
+__device__ __forceinline__ void pv_exact(float (&acc)[N][4], int hr, const T* p_row, const T* v, int v_stride,
+                                         int col0, int nvis) {
+    for (int j = 0; j < nvis; ++j) {
+        const float pj = to_f32(p_row[j]);
+        const T* vj = v + std::int64_t(j) * v_stride + col0;
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            acc[n][2 * hr] = fmaf(pj, to_f32(vj[n * 8]), acc[n][2 * hr]);
+            acc[n][2 * hr + 1] = fmaf(pj, to_f32(vj[n * 8 + 1]), acc[n][2 * hr + 1]);
+        }
+    }
+}
+
 /// 1/l of a finished row: 0 for a row without keys (l = 0), NaN stays NaN.
 __device__ __forceinline__ float row_inv(float l) { return l == 0.f ? 0.f : 1.f / l; }
 

@@ -171,15 +171,7 @@ __global__ void __launch_bounds__(128 * RT)
                     if (lr >= rows_seq) continue;
                     const std::int64_t lim = len - p.q_len + lr / H + 1, row_end = end < lim ? end : lim;
                     const int nvis = row_end - tile0 < ntok ? int(row_end - tile0) : ntok;
-                    for (int j = 0; j < nvis; ++j) {
-                        const float pj = to_f32(p_s[r][j]);
-#pragma unroll
-                        for (int n = 0; n < NT; ++n) {
-                            const int col = wq * DW + n * 8 + 2 * t4;
-                            acc[n][2 * hr] = fmaf(pj, to_f32(kv_s[j][col]), acc[n][2 * hr]);
-                            acc[n][2 * hr + 1] = fmaf(pj, to_f32(kv_s[j][col + 1]), acc[n][2 * hr + 1]);
-                        }
-                    }
+                    pv_exact(acc, hr, p_s[r], &kv_s[0][0], WP, wq * DW + 2 * t4, nvis);
                 }
                 continue;
             }

@@ -159,15 +159,7 @@ __global__ void __launch_bounds__(128) prefill_kernel(PrefillParams<T> p, std::i
                 if (qrow[hr] >= p.q_len) continue;
                 const std::int64_t row_end = p.causal ? min(kv_end, q_offset + qrow[hr] + 1) : kv_end;
                 const int nvis = row_end - tile0 < ntok ? int(row_end - tile0) : ntok;
-                for (int j = 0; j < nvis; ++j) {
-                    const float pj = to_f32(k_s[qr + 8 * hr][j]);
-#pragma unroll
-                    for (int n = 0; n < NO; ++n) {
-                        const int col = n * 8 + 2 * t4;
-                        acc[n][2 * hr] = fmaf(pj, to_f32(v_s[j][col]), acc[n][2 * hr]);
-                        acc[n][2 * hr + 1] = fmaf(pj, to_f32(v_s[j][col + 1]), acc[n][2 * hr + 1]);
-                    }
-                }
+                pv_exact(acc, hr, k_s[qr + 8 * hr], &v_s[0][0], VP, 2 * t4, nvis);
             }
             continue;
         }
