@@ -170,15 +170,16 @@ public:
         s.head_stride = kv.head_stride;
         return s;
     }
+    /// Logit scale in base 2 (the kernel applies it: see AttendJob::qk_scale).
+    float qk_scale() const noexcept { return a_.scale * float(log2e); }
     void fill(std::int64_t gi, float* q, std::int64_t qs, std::int64_t* row_end) const {
         const auto& g = rg_.groups[std::size_t(gi)];
-        const float sc = a_.scale * float(log2e);
         int r = 0;
         for (int h = g.head0; h < g.head0 + g.heads; ++h)
             for (std::int64_t t = 0; t < g.ntok; ++t)
                 for (int i = 0; i < g_; ++i, ++r) {
                     const Tq* src = a_.q.row(g.tok0 + t, h * g_ + i);
-                    for (int e = 0; e < d_; ++e) q[r * qs + e] = to_float(src[e]) * sc;
+                    for (int e = 0; e < d_; ++e) q[r * qs + e] = to_float(src[e]);
                     row_end[r] = std::min(g.pos0 + t + 1, g.kv_end);
                 }
     }
@@ -259,15 +260,16 @@ public:
         s.dv = r_;
         return s;
     }
+    /// Logit scale in base 2 (the kernel applies it: see AttendJob::qk_scale).
+    float qk_scale() const noexcept { return a_.scale * float(log2e); }
     void fill(std::int64_t gi, float* q, std::int64_t qs, std::int64_t* row_end) const {
         const auto& g = rg_.groups[std::size_t(gi)];
-        const float sc = a_.scale * float(log2e);
         const int w = r_ + dr_;
         int r = 0;
         for (std::int64_t t = 0; t < g.ntok; ++t)
             for (int i = 0; i < g.heads; ++i, ++r) {
                 const Tq* src = a_.q.row(g.tok0 + t, g.head0 + i);
-                for (int e = 0; e < w; ++e) q[r * qs + e] = to_float(src[e]) * sc;
+                for (int e = 0; e < w; ++e) q[r * qs + e] = to_float(src[e]);
                 row_end[r] = std::min(g.pos0 + t + 1, g.kv_end);
             }
     }

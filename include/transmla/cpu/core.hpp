@@ -366,6 +366,13 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
     return row_keys(lim_out, R);
 }
 
+/// Multiplies the job's query rows by qk_scale in place (the f32 paths: the same rounding as
+/// scaling them while filling).
+inline void scale_rows(const AttendJob& job, int dk) {
+    for (int r = 0; r < job.n_rows; ++r)
+        for (int e = 0; e < dk; ++e) job.q[r * job.q_stride + e] *= job.qk_scale;
+}
+
 /// The streaming variant of attend for ≤ 4 rows per head (GQA decode): no f32 tiles, K and V are
 /// read from the cache inside the micro-kernels. Needs dk, dv multiples of the SIMD width.
 template <class A, class T, int DK, int DV>
@@ -385,6 +392,7 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     float* S = job.scratch + round_up(4 * std::int64_t(nh) * tile + zero_floats + 16, 16);
     float* alpha = S + std::int64_t(nr) * tile;
     std::memset(static_cast<void*>(zero), 0, sizeof(T) * std::size_t(dk > dv ? dk : dv));
+    scale_rows(job, dk);
 
     std::int64_t kend = job.kb;
     for (int r = 0; r < nr; ++r) {
@@ -474,6 +482,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     [[maybe_unused]] const std::int64_t kts2 = std::int64_t(nh) * dkp2;
     [[maybe_unused]] bfloat16* Kh = reinterpret_cast<bfloat16*>(tail);
     [[maybe_unused]] bfloat16* Qh = Kh + tile * kts2;
+    scale_rows(job, dk);
     if constexpr (use_bf16_dot) {
         std::memset(static_cast<void*>(Kh), 0, sizeof(bfloat16) * std::size_t(tile * kts2));
         std::memset(static_cast<void*>(Qh), 0, sizeof(bfloat16) * std::size_t(nr) * dkp2);

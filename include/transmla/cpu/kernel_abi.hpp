@@ -4,9 +4,9 @@
 // It holds plain data only: no xsimd type crosses it, so the ISA translation units and the
 // consumer's code agree on it whatever flags each is compiled with.
 //
-// The one kernel: `attend` computes, for `n_rows` query rows (f32, already multiplied by
-// scale·log2 e, zero-padded to `q_stride`), the unnormalised online-softmax state over keys
-// [kb, ke) of one KV source, row r seeing only keys j < row_end[r] (causality):
+// The one kernel: `attend` computes, for `n_rows` query rows (f32, unscaled, zero-padded to
+// `q_stride`), the unnormalised online-softmax state over keys [kb, ke) of one KV source, row r
+// seeing only keys j < row_end[r] (causality), with base-2 logits s_rj = qk_scale·(q_r · k_j):
 //   m[r] = max_j s_rj (base 2), l[r] = Σ_j exp2(s_rj − m[r]), o[r] = Σ_j exp2(s_rj − m[r])·v_j;
 // m[r] = −inf, l[r] = 0, o[r] = 0 when the row sees no key of the range, and m[r] = l[r] = NaN
 // (o[r] NaN) when a logit it sees is not finite (NaN or ±inf). Keys a row does not see never
@@ -45,8 +45,12 @@ struct KvSource {
 /// One call of the attention kernel. All buffers are f32 and owned by the caller. With
 /// `n_heads` > 1 in the source, rows [h·n_rows/n_heads, (h+1)·n_rows/n_heads) attend to head h.
 struct AttendJob {
-    const float* q = nullptr;            ///< [n_rows][q_stride], zero beyond dk, pre-scaled
+    /// [n_rows][q_stride], zero beyond dk, unscaled. The f32 paths multiply it by qk_scale in
+    /// place; the bf16 pair-dot paths read it as it is (a bf16 query stays exact) and scale the
+    /// dot products instead.
+    float* q = nullptr;
     std::int64_t q_stride = 0;           ///< ≥ round_up(dk, 16)
+    float qk_scale = 1.f;                ///< logit scale in base 2: scale·log2 e
     int n_rows = 0;
     const std::int64_t* row_end = nullptr;  ///< per row: keys j < row_end[r] are visible
     std::int64_t kb = 0, ke = 0;         ///< key range of this job

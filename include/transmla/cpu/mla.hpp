@@ -167,12 +167,13 @@ public:
         s.dv = dv_;
         return s;
     }
+    /// Logit scale in base 2 (the kernel applies it: see AttendJob::qk_scale).
+    float qk_scale() const noexcept { return scale_ * float(log2e); }
     void fill(std::int64_t gi, float* q, std::int64_t qs, std::int64_t* row_end) const {
         const auto& g = groups_[std::size_t(gi)];
-        const float sc = scale_ * float(log2e);
         for (std::int64_t t = 0; t < g.nt; ++t) {
             const float* src = q_ + ((g.t0 + t) * H_ + g.h) * dk_;
-            for (int e = 0; e < dk_; ++e) q[t * qs + e] = src[e] * sc;
+            for (int e = 0; e < dk_; ++e) q[t * qs + e] = src[e];
             row_end[t] = S_ - T_ + g.t0 + t + 1;
         }
     }

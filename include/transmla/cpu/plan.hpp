@@ -199,6 +199,7 @@ void Plan::run(const Op& op, std::int64_t i) const {
     detail::AttendJob job;
     job.q = q;
     job.q_stride = qs;
+    job.qk_scale = op.qk_scale();
     job.n_rows = nr;
     job.row_end = row_end;
     job.kb = it.kb;
