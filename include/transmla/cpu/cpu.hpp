@@ -19,6 +19,11 @@
 //     apply_uv_o(latent, kv_b, d_nope, w_o, y)         y = W_O · concat_i(W_UV^i · latent_i)
 //     mla_prefill(q_nope, q_pe, cache, kv_b, scale, out [T][H][d_v], lse, MlaOrder, opt)
 //                 naive (decompressed) or absorbed order, chosen per call by a cost model
+//     (the three helpers convert kv_b per call; an engine prepares it once per layer instead:)
+//   MLA prepared decode weights (cpu/mla_weights.hpp)
+//     MlaWeights w(kv_b, H, d_nope, d_v [, w_o, MlaFusion]);   f32 W_UK, W_UV (W_O or fused W_O·W_UV)
+//     w.absorb(q_nope, q_pe, q_abs); w.up_project(latent, out); w.up_project(latent, y, workspace)
+//       no weight conversion, no heap allocation for T = 1; const methods thread-safe
 //   Threading (docs/conventions.md): the library never starts threads.
 //     auto call = prepare(GqaAttention{...} or MlaAttention{...}, opt);  Plan plan = make_plan(call, opt);
 //     plan.run(call, i) for i in [0, plan.size()) from any threads (each once per use), or
@@ -53,4 +58,5 @@
 #include "transmla/cpu/attention.hpp"
 #include "transmla/cpu/dispatch.hpp"
 #include "transmla/cpu/mla.hpp"
+#include "transmla/cpu/mla_weights.hpp"
 #include "transmla/cpu/plan.hpp"

@@ -18,6 +18,7 @@
 
 #include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
 #include "transmla/cpu/attention.hpp"
+#include "transmla/cpu/mla_weights.hpp"
 #include "transmla/cpu/plan.hpp"
 #include "transmla/error.hpp"
 #include "transmla/kv_cache.hpp"
@@ -30,6 +31,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace transmla::cpu {
@@ -52,7 +54,25 @@ inline void check_kv_b(std::int64_t rows, std::int64_t cols, int H, int dn, int 
             std::int64_t(H) * (dn + dv), "][", r, "], got [", rows, "][", cols, "]");
 }
 
+/// An activation view as f32: `v` itself when it already is, else a copy into `buf`.
+template <class T>
+View3<const float> as_f32(TensorView<T, 3> v, std::vector<float>& buf) {
+    if constexpr (std::is_same_v<std::remove_cv_t<T>, float>) {
+        return View3<const float>(v.data, v.extent, v.stride);
+    } else {
+        const std::int64_t A = v.size(0), B = v.size(1), C = v.size(2);
+        buf.resize(std::size_t(A * B * C));
+        for (std::int64_t a = 0; a < A; ++a)
+            for (std::int64_t b = 0; b < B; ++b)
+                for (std::int64_t c = 0; c < C; ++c) buf[std::size_t((a * B + b) * C + c)] = to_float(v(a, b, c));
+        return View3<const float>(buf.data(), {A, B, C});
+    }
+}
+
 }  // namespace detail
+
+// The three helpers below convert kv_b (and w_o) on every call; an engine builds a
+// cpu::MlaWeights (cpu/mla_weights.hpp) once per layer instead and calls its methods.
 
 /// q_abs[t][i] = [W_UK^iᵀ q_nope[t][i] | q_pe[t][i]], shape [T][H][r + d_r] (f32).
 template <class Q, class Tw>
@@ -63,18 +83,9 @@ void absorb_query(TensorView<Q, 3> q_nope, TensorView<Q, 3> q_pe, View2<const Tw
     require(q_pe.size(0) == T && q_pe.size(1) == H, who, ": q_pe must be [", T, "][", H, "][d_r]");
     detail::check_kv_b(kv_b.size(0), kv_b.size(1), H, dn, d_v, r, who);
     transmla::detail::check_extents(q_abs, {T, H, r + dr}, who, "q_abs");
-    const auto W = detail::to_matrix(kv_b);
-    detail::RowMatrixF qn(T, dn);
-    for (int i = 0; i < H; ++i) {
-        for (std::int64_t t = 0; t < T; ++t)
-            for (int e = 0; e < dn; ++e) qn(t, e) = to_float(q_nope(t, i, e));
-        const detail::RowMatrixF qa = qn * W.middleRows(std::int64_t(i) * (dn + d_v), dn);  // [T][r]
-        for (std::int64_t t = 0; t < T; ++t) {
-            float* o = q_abs.row(t, i);
-            for (int a = 0; a < r; ++a) o[a] = qa(t, a);
-            for (int e = 0; e < dr; ++e) o[r + e] = to_float(q_pe(t, i, e));
-        }
-    }
+    const MlaWeights w(kv_b, H, dn, d_v);
+    std::vector<float> bn, bp;
+    w.absorb(detail::as_f32(q_nope, bn), detail::as_f32(q_pe, bp), q_abs);
 }
 
 /// out[t][i] = W_UV^i · latent[t][i]: latent [T][H][r] → out [T][H][d_v].
@@ -85,32 +96,44 @@ void apply_uv(TensorView<L, 3> latent, View2<const Tw> kv_b, int d_nope, View3<T
     const int H = int(latent.size(1)), r = int(latent.size(2)), dv = int(out.size(2));
     detail::check_kv_b(kv_b.size(0), kv_b.size(1), H, d_nope, dv, r, who);
     transmla::detail::check_extents(out, {T, H, dv}, who, "out");
-    const auto W = detail::to_matrix(kv_b);
-    detail::RowMatrixF lat(T, r);
-    for (int i = 0; i < H; ++i) {
+    const MlaWeights w(kv_b, H, d_nope, dv);
+    std::vector<float> bl;
+    const auto lat = detail::as_f32(latent, bl);
+    if constexpr (std::is_same_v<To, float>) {
+        w.up_project(lat, out);
+    } else {
+        std::vector<float> o(std::size_t(T) * H * dv);
+        w.up_project(lat, View3<float>(o.data(), {T, H, dv}));
         for (std::int64_t t = 0; t < T; ++t)
-            for (int a = 0; a < r; ++a) lat(t, a) = to_float(latent(t, i, a));
-        const detail::RowMatrixF o = lat * W.middleRows(std::int64_t(i) * (d_nope + dv) + d_nope, dv).transpose();
-        for (std::int64_t t = 0; t < T; ++t)
-            for (int e = 0; e < dv; ++e) out(t, i, e) = from_float<To>(o(t, e));
+            for (int i = 0; i < H; ++i)
+                for (int e = 0; e < dv; ++e) out(t, i, e) = from_float<To>(o[(std::size_t(t) * H + i) * dv + e]);
     }
 }
 
 /// y[t] = W_O · concat_i(W_UV^i · latent[t][i]): latent [T][H][r], w_o [D][H·d_v] → y [T][D].
+/// (Unfused: fusing W_O·W_UV only pays when prepared once, see MlaWeights.)
 template <class L, class Tw, class To>
 void apply_uv_o(TensorView<L, 3> latent, View2<const Tw> kv_b, int d_nope, View2<const Tw> w_o, View2<To> y) {
     const char* who = "transmla::cpu::apply_uv_o";
     const std::int64_t T = latent.size(0);
-    const int H = int(latent.size(1));
-    require(w_o.size(1) % H == 0, who, ": w_o has ", w_o.size(1), " columns, not a multiple of the ", H, " heads");
+    const int H = int(latent.size(1)), r = int(latent.size(2));
+    require(H >= 1 && w_o.size(1) % H == 0, who, ": w_o has ", w_o.size(1), " columns, not a multiple of the ", H,
+            " heads");
     const int dv = int(w_o.size(1) / H);
+    detail::check_kv_b(kv_b.size(0), kv_b.size(1), H, d_nope, dv, r, who);
     transmla::detail::check_extents(y, {T, w_o.size(0)}, who, "y");
-    std::vector<float> v(std::size_t(T) * H * dv);
-    apply_uv(latent, kv_b, d_nope, View3<float>(v.data(), {T, H, dv}));
-    const Eigen::Map<const detail::RowMatrixF> V(v.data(), T, std::int64_t(H) * dv);
-    const detail::RowMatrixF res = V * detail::to_matrix(w_o).transpose();
-    for (std::int64_t t = 0; t < T; ++t)
-        for (std::int64_t j = 0; j < w_o.size(0); ++j) y(t, j) = from_float<To>(res(t, j));
+    const MlaWeights w(kv_b, H, d_nope, dv, w_o, MlaFusion::unfused);
+    auto ws = w.make_workspace(T);
+    std::vector<float> bl;
+    const auto lat = detail::as_f32(latent, bl);
+    if constexpr (std::is_same_v<To, float>) {
+        w.up_project(lat, y, ws);
+    } else {
+        std::vector<float> res(std::size_t(T) * w_o.size(0));
+        w.up_project(lat, View2<float>(res.data(), {T, w_o.size(0)}), ws);
+        for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < w_o.size(0); ++j) y(t, j) = from_float<To>(res[std::size_t(t * w_o.size(0) + j)]);
+    }
 }
 
 /// Order of an MLA prefill.
@@ -229,12 +252,18 @@ MlaOrder mla_prefill(TensorView<Q, 3> q_nope, TensorView<Q, 3> q_pe, const MlaSe
 
     if (order == MlaOrder::absorbed) {
         std::vector<float> qa(std::size_t(T) * H * (r + dr)), lat(std::size_t(T) * H * r);
-        absorb_query(q_nope, q_pe, kv_b, dv, View3<float>(qa.data(), {T, H, r + dr}));
+        const MlaWeights w(kv_b, H, dn, dv);  // converted once for both ends
+        std::vector<float> bn, bp;
+        w.absorb(detail::as_f32(q_nope, bn), detail::as_f32(q_pe, bp), View3<float>(qa.data(), {T, H, r + dr}));
         mla_attention(MlaAttention<float, Tc, float>{View3<const float>(qa.data(), {T, H, r + dr}), {},
                                                      std::span<const MlaSeqView<Tc>>(&cache, 1), scale,
                                                      View3<float>(lat.data(), {T, H, r}), lse, -1},
                       opt);
-        apply_uv(View3<const float>(lat.data(), {T, H, r}), kv_b, dn, out);
+        if constexpr (std::is_same_v<To, float>) {
+            w.up_project(View3<const float>(lat.data(), {T, H, r}), out);
+        } else {
+            apply_uv(View3<const float>(lat.data(), {T, H, r}), kv_b, dn, out);
+        }
         return order;
     }
     // Naive: decompress every cached token: [S][r] × [r][H·(dn + dv)].
