@@ -22,6 +22,10 @@ int main() {
     for (std::size_t i = 0; i < kv_b.size(); ++i) kv_b[i] = 0.05f * std::sin(0.37f * float(i));
     for (std::size_t i = 0; i < w_o.size(); ++i) w_o[i] = 0.02f * std::cos(0.11f * float(i));
     const View2<const float> kv_b_v(kv_b.data(), {H * (dn + dv), r}), w_o_v(w_o.data(), {D, H * dv});
+    // Prepared once per layer: W_UK, W_UV and W_O in f32 (W_O·W_UV fused where that is cheaper),
+    // so a decode step converts no weights and allocates nothing.
+    const cpu::MlaWeights weights(kv_b_v, H, dn, dv, w_o_v);
+    auto workspace = weights.make_workspace(/*max_tokens=*/1);
 
     std::vector<float> row(r + dr), q_nope(H * dn), q_pe(H * dr), q_abs(H * (r + dr)), latent(H * r), lse(H), y(D);
     // The softmax scale of the original attention, 1/sqrt(d_nope + d_r): absorption leaves every
@@ -37,14 +41,13 @@ int main() {
         for (std::size_t i = 0; i < q_pe.size(); ++i) q_pe[i] = std::sin(0.03f * float(i * (pos + 1)));
         const std::int64_t at[] = {pos};
         rope.apply(View3<float>(q_pe.data(), {1, H, dr}), at);
-        cpu::absorb_query(View3<const float>(q_nope.data(), {1, H, dn}), View3<const float>(q_pe.data(), {1, H, dr}),
-                          kv_b_v, dv, View3<float>(q_abs.data(), {1, H, r + dr}));
+        weights.absorb(View3<const float>(q_nope.data(), {1, H, dn}), View3<const float>(q_pe.data(), {1, H, dr}),
+                       View3<float>(q_abs.data(), {1, H, r + dr}));
         // Multi-query attention over the latent cache: latent outputs [1][H][r] and lse [1][H].
         cpu::mla_decode(View3<const float>(q_abs.data(), {1, H, r + dr}), cache.view(), scale,
                         View3<float>(latent.data(), {1, H, r}), View2<float>(lse.data(), {1, H}));
         // y = W_O · concat_i(W_UV^i · latent_i)
-        cpu::apply_uv_o(View3<const float>(latent.data(), {1, H, r}), kv_b_v, dn, w_o_v,
-                        View2<float>(y.data(), {1, D}));
+        weights.up_project(View3<const float>(latent.data(), {1, H, r}), View2<float>(y.data(), {1, D}), workspace);
     }
     std::printf("decoded 200 tokens; head 0: lse %.4f; y[0] %.5f\n", lse[0], y[0]);
 }

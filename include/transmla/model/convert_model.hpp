@@ -109,6 +109,7 @@ inline MlaAttention to_runtime(const convert::MlaLayer& m) {
     if (m.kv_a_bias.size()) a.bkv_a = m.kv_a_bias.cast<float>();
     a.kv_b = m.kv_b_proj.cast<float>();
     a.wo = m.o_proj.cast<float>();
+    a.prepare();  // the absorbed decode's f32 W_UK / W_UV (cpu::MlaWeights), once per layer
     return a;
 }
 

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -103,8 +104,26 @@ struct MlaAttention {
     VectorXf bkv_a;
     RowMatrixXf kv_b;  ///< [H·(dn+dv)][r]: per head W_UK^i (dn rows) then W_UV^i (dv rows)
     RowMatrixXf wo;    ///< [D][H·dv]
+    /// kv_b (and wo, when fusing W_O·W_UV pays or is forced) prepared once for the absorbed
+    /// decode (cpu::MlaWeights): built by prepare(), which to_runtime() calls. Immutable, so
+    /// copies of the layer share it; call prepare() again after changing kv_b or wo. Without it
+    /// the absorbed order prepares the weights on every call.
+    std::shared_ptr<const cpu::MlaWeights> prepared;
     int q_width() const noexcept { return n_heads * (nope_dim + rope_dim); }
     int cache_width() const noexcept { return rank + rope_dim; }
+    /// Builds `prepared` from kv_b and wo; `fusion` as in cpu::MlaWeights (automatic: by the cost
+    /// model cpu::mla_output_cost).
+    void prepare(cpu::MlaFusion fusion = cpu::MlaFusion::automatic) { prepared = make_prepared(fusion); }
+    std::shared_ptr<const cpu::MlaWeights> make_prepared(cpu::MlaFusion fusion = cpu::MlaFusion::automatic) const {
+        const View2<const float> kvb(kv_b.data(), {kv_b.rows(), kv_b.cols()});
+        const bool fuse = fusion == cpu::MlaFusion::fused ||
+                          (fusion == cpu::MlaFusion::automatic &&
+                           cpu::mla_output_cost(n_heads, rank, v_dim, wo.rows()).fused_pays());
+        if (!fuse) return std::make_shared<const cpu::MlaWeights>(kvb, n_heads, nope_dim, v_dim);
+        return std::make_shared<const cpu::MlaWeights>(kvb, n_heads, nope_dim, v_dim,
+                                                       View2<const float>(wo.data(), {wo.rows(), wo.cols()}),
+                                                       cpu::MlaFusion::fused);
+    }
 };
 
 /// MHA2MLA (convert::Mha2MlaLayer). Cache row: per KV head [RoPE'd kept key dims (r_m) | c_h (d_kv)].
@@ -421,19 +440,23 @@ private:
             attend({q.data(), H * qw, qw, H, qw}, T, {K.data(), H * qw, qw, H, qw},
                    {kvb.data() + dn, H * (dn + dv), dn + dv, H, dv}, S, p0, at.softmax_scale, o.data(), H * dv);
         } else {
-            // Absorbed: q̃_i = W_UK^iᵀ q_nope_i, attention in the latent space, then W_UV^i.
-            using Stride = Eigen::OuterStride<>;
-            using CMap = Eigen::Map<const RowMatrixXf, 0, Stride>;
-            using OMap = Eigen::Map<RowMatrixXf, 0, Stride>;
+            // Absorbed: q̃_i = W_UK^iᵀ q_nope_i, attention in the latent space, then W_UV^i (and
+            // W_O), with the weights prepared once per layer (MlaAttention::prepared).
+            std::shared_ptr<const cpu::MlaWeights> local;
+            const cpu::MlaWeights* pw = at.prepared.get();
+            if (pw == nullptr) {
+                local = at.make_prepared();
+                pw = local.get();
+            }
+            require(pw->heads() == H && pw->rank() == r && pw->nope_dim() == dn && pw->v_dim() == dv &&
+                        (!pw->has_output() || pw->model_dim() == at.wo.rows()),
+                    "Model: MLA layer with ", H, " heads, r ", r, ", d_nope ", dn, ", d_v ", dv,
+                    " has prepared weights of another shape (call MlaAttention::prepare() after changing it)");
             const int aw = r + dr;
             RowMatrixXf qa(T, H * aw);
-            for (int i = 0; i < H; ++i) {
-                CMap qn(q.data() + i * qw, T, dn, Stride(H * qw));
-                OMap qt(qa.data() + i * aw, T, r, Stride(H * aw));
-                qt.noalias() = qn * at.kv_b.middleRows(std::int64_t(i) * (dn + dv), dn);
-                for (std::int64_t t = 0; t < T; ++t)
-                    std::copy_n(q.row(t).data() + i * qw + dn, dr, qa.row(t).data() + i * aw + r);
-            }
+            pw->absorb(View3<const float>(q.data(), {T, H, dn}, {H * qw, qw, 1}),
+                       View3<const float>(q.data() + dn, {T, H, dr}, {H * qw, qw, 1}),
+                       View3<float>(qa.data(), {T, H, aw}));
             RowMatrixXf lat(T, H * r);
             if (use_cpu_kernels) {
                 const MlaSeqView<float> mv{c.rows.data(), r, dr, S, cw, PageMap{}};
@@ -443,11 +466,13 @@ private:
                 attend({qa.data(), H * aw, aw, H, aw}, T, {c.rows.data(), cw, 0, 1, aw}, {c.rows.data(), cw, 0, 1, r},
                        S, p0, at.softmax_scale, lat.data(), H * r);
             }
-            for (int i = 0; i < H; ++i) {
-                CMap li(lat.data() + i * r, T, r, Stride(H * r));
-                OMap oi(o.data() + i * dv, T, dv, Stride(H * dv));
-                oi.noalias() = li * at.kv_b.middleRows(std::int64_t(i) * (dn + dv) + dn, dv).transpose();
+            const View3<const float> latv(lat.data(), {T, H, r});
+            if (pw->fused()) {  // y = W_F · latent, W_F = [W_O^{:,i} W_UV^i]_i
+                auto ws = pw->make_workspace(T);
+                pw->up_project(latv, View2<float>(out.data(), {T, out.cols()}), ws);
+                return;
             }
+            pw->up_project(latv, View3<float>(o.data(), {T, H, dv}));
         }
         out.noalias() = o * at.wo.transpose();
     }
