@@ -163,6 +163,26 @@ struct AttnFixture {
     std::unique_ptr<MlaCache<bfloat16>> mla;
     std::unique_ptr<cpu::MlaWeights> weights;
     cpu::MlaWorkspace ws;
+    std::vector<float> filler;  // random rows appended in chunks
+    static constexpr std::int64_t chunk = 256;
+
+    /// Appends random rows until the cache holds `n` tokens (truncate only shrinks it).
+    void fill_to(std::int64_t n) {
+        if (gqa) {
+            const int nkv = gqa->n_kv(), d = gqa->head_dim();
+            while (gqa->size() < n) {
+                const std::int64_t k = std::min(chunk, n - gqa->size());
+                const View3<const float> kv(filler.data(), {k, nkv, d});
+                gqa->append(kv, kv);
+            }
+        } else {
+            const auto v = mla->view();
+            while (mla->size() < n) {
+                const std::int64_t k = std::min(chunk, n - mla->size());
+                mla->append(View2<const float>(filler.data(), {k, v.rank + v.rope_dim}));
+            }
+        }
+    }
 };
 
 AttnFixture& attn_fixture(const Shape& s, const Mla* mla, std::int64_t capacity) {
@@ -175,18 +195,12 @@ AttnFixture& attn_fixture(const Shape& s, const Mla* mla, std::int64_t capacity)
     Fill f;
     const int H = s.n_q, d = s.d;
     x->w_o = f.matrix(s.D, Eigen::Index(H) * d);
-    constexpr std::int64_t chunk = 256;
+    const std::int64_t chunk = AttnFixture::chunk;
     if (mla == nullptr) {
         x->w_in = f.matrix(Eigen::Index(s.n_q + 2 * s.n_kv) * d, s.D);
         x->rope = std::make_unique<RopeTable>(RopeSpec{}, d, capacity);
         x->gqa = std::make_unique<GqaCache<bfloat16>>(s.n_kv, d, capacity);
-        std::vector<float> kv(std::size_t(chunk) * s.n_kv * d);
-        for (std::int64_t t = 0; t < capacity; t += chunk) {
-            const std::int64_t n = std::min(chunk, capacity - t);
-            for (auto& v : kv) v = f.next(1.0f);
-            const View3<const float> kvv(kv.data(), {n, s.n_kv, d});
-            x->gqa->append(kvv, kvv);
-        }
+        x->filler.resize(std::size_t(chunk) * s.n_kv * d);
     } else {
         const int r = mla->r, dr = mla->dr;
         x->w_in = f.matrix(Eigen::Index(H) * (d + dr) + r + dr, s.D);
@@ -196,13 +210,9 @@ AttnFixture& attn_fixture(const Shape& s, const Mla* mla, std::int64_t capacity)
         x->ws = x->weights->make_workspace(1);
         x->rope = std::make_unique<RopeTable>(RopeSpec{.pairing = RopePairing::interleaved}, dr, capacity);
         x->mla = std::make_unique<MlaCache<bfloat16>>(r, dr, capacity);
-        std::vector<float> rows(std::size_t(chunk) * (r + dr));
-        for (std::int64_t t = 0; t < capacity; t += chunk) {
-            const std::int64_t n = std::min(chunk, capacity - t);
-            for (auto& v : rows) v = f.next(1.0f);
-            x->mla->append(View2<const float>(rows.data(), {n, r + dr}));
-        }
+        x->filler.resize(std::size_t(chunk) * (r + dr));
     }
+    for (auto& v : x->filler) v = f.next(1.0f);
     cur = std::move(x);
     return *cur;
 }
@@ -210,6 +220,7 @@ AttnFixture& attn_fixture(const Shape& s, const Mla* mla, std::int64_t capacity)
 void BM_AttnBf16(benchmark::State& st, const Shape* s, const Mla* mla) {
     const std::int64_t ctx = st.range(0);
     auto& f = attn_fixture(*s, mla, s->max_context);
+    f.fill_to(ctx - 1);
     const int H = s->n_q, nkv = s->n_kv, d = s->d, D = s->D;
     Fill g;
     RowMatrixXf x(1, D), y(1, D);
