@@ -154,7 +154,7 @@ public:
     // Rows of a group: KV head major, then query token, then the g query heads of the KV head.
     GroupInfo info(std::int64_t gi) const noexcept {
         const auto& g = rg_.groups[std::size_t(gi)];
-        return {int(g.ntok) * g.heads * g_, g.kv_end, d_, d_, false, g.heads};
+        return {int(g.ntok) * g.heads * g_, g.kv_end, d_, d_, false, g.heads, std::is_same_v<Tkv, bfloat16>};
     }
     KvSource<Tkv> source(std::int64_t gi) const noexcept {
         const auto& g = rg_.groups[std::size_t(gi)];
@@ -247,7 +247,7 @@ public:
     std::int64_t n_groups() const noexcept { return std::int64_t(rg_.groups.size()); }
     GroupInfo info(std::int64_t gi) const noexcept {
         const auto& g = rg_.groups[std::size_t(gi)];
-        return {int(g.ntok) * g.heads, g.kv_end, r_ + dr_, r_, true, 1};
+        return {int(g.ntok) * g.heads, g.kv_end, r_ + dr_, r_, true, 1, std::is_same_v<Tc, bfloat16>};
     }
     KvSource<Tc> source(std::int64_t gi) const noexcept {
         const auto& c = a_.cache[std::size_t(rg_.groups[std::size_t(gi)].seq)];

@@ -87,24 +87,208 @@ inline void qk_rows_fixed(const float* q, std::int64_t qs, const float* K, std::
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
-/// QK with the AVX-512-BF16 pair dot product: q and K tiles in bf16, padded to 32 elements.
+/// QK with the AVX-512-BF16 pair dot product (vdpbf16ps) for R rows × NJ vectors of 16 keys:
+/// Kp is the key tile in pair-transposed form, Kp[c2][j] = (k_j[2·c2], k_j[2·c2 + 1]) as one
+/// 32-bit word, so each accumulator lane is one key and no horizontal sum is needed; the query
+/// pair (q[2·c2], q[2·c2 + 1]) is broadcast. The query is split into bf16 hi + lo parts
+/// (q = hi + lo to 16 bits of mantissa); with LO the lo part is dotted too, so a query that is not
+/// exactly a bf16 loses nothing that f32 would keep. The products of two bf16 are exact in f32.
+/// Scores are scaled once at the end: S = scale·(q·k).
+///
+/// Register budget (32 zmm): R·NJ accumulators (12 × 2 = 24), NJ key vectors, one broadcast.
+/// Per pair step: NJ key loads, R (2R with LO) broadcast loads, R·NJ (2·R·NJ) dot products.
+template <class A, int R, int NJ, bool LO>
+inline void qk_pairs(const std::uint32_t* qh, const std::uint32_t* ql, std::int64_t qs2, const std::uint32_t* Kp,
+                     int tile, int dk2, int j0, float scale, float* S, std::int64_t ss) {
+    __m512 acc[R][NJ];
+    for (int r = 0; r < R; ++r)
+        for (int n = 0; n < NJ; ++n) acc[r][n] = _mm512_setzero_ps();
+    const std::uint32_t* kp = Kp + j0;
+#pragma GCC unroll 2
+    for (int c2 = 0; c2 < dk2; ++c2) {
+        __m512i kv[NJ];
+        for (int n = 0; n < NJ; ++n)
+            kv[n] = _mm512_load_si512(static_cast<const void*>(kp + std::int64_t(c2) * tile + n * 16));
+        for (int r = 0; r < R; ++r) {
+            const __m512i b = _mm512_set1_epi32(int(qh[r * qs2 + c2]));
+            for (int n = 0; n < NJ; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], (__m512bh)b, (__m512bh)kv[n]);
+            if constexpr (LO) {
+                const __m512i bl = _mm512_set1_epi32(int(ql[r * qs2 + c2]));
+                for (int n = 0; n < NJ; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], (__m512bh)bl, (__m512bh)kv[n]);
+            }
+        }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int r = 0; r < R; ++r)
+        for (int n = 0; n < NJ; ++n) _mm512_storeu_ps(S + r * ss + j0 + n * 16, _mm512_mul_ps(acc[r][n], sc));
+}
+
+template <class A, int NJ, bool LO, int... Rs>
+inline void qk_pairs_n(int R, std::integer_sequence<int, Rs...>, const std::uint32_t* qh, const std::uint32_t* ql,
+                       std::int64_t qs2, const std::uint32_t* Kp, int tile, int dk2, int j0, float scale, float* S,
+                       std::int64_t ss) {
+    ((R == Rs + 1 ? (qk_pairs<A, Rs + 1, NJ, LO>(qh, ql, qs2, Kp, tile, dk2, j0, scale, S, ss), 0) : 0), ...);
+}
+
+/// S for rows [0, nr) of one head against a pair-transposed tile (see qk_pairs).
+template <class A, bool LO>
+inline void qk_pairs_block(const std::uint32_t* qh, const std::uint32_t* ql, std::int64_t qs2, int nr,
+                           const std::uint32_t* Kp, int tile, int dk2, float scale, float* S, std::int64_t ss) {
+    constexpr int RT = 12;  // rows per register block, 2 key vectors each
+    for (int r0 = 0; r0 < nr; r0 += RT) {
+        const int R = nr - r0 < RT ? nr - r0 : RT;
+        const std::uint32_t* qa = qh + std::int64_t(r0) * qs2;
+        const std::uint32_t* qb = ql + std::int64_t(r0) * qs2;
+        int j0 = 0;
+        for (; j0 + 32 <= tile; j0 += 32)
+            qk_pairs_n<A, 2, LO>(R, std::make_integer_sequence<int, RT>{}, qa, qb, qs2, Kp, tile, dk2, j0, scale,
+                                 S + std::int64_t(r0) * ss, ss);
+        for (; j0 < tile; j0 += 16)
+            qk_pairs_n<A, 1, LO>(R, std::make_integer_sequence<int, RT>{}, qa, qb, qs2, Kp, tile, dk2, j0, scale,
+                                 S + std::int64_t(r0) * ss, ss);
+    }
+}
+
+/// 16 × 16 transpose of 32-bit words: rows r[0..15] in, columns out (r[i] becomes column i).
+template <class A>
+inline void transpose16(__m512i* r) noexcept {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) {  // u[g + k], lane L: rows g..g+3 at column 4L + k
+        u[g + 0] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    for (int k = 0; k < 4; ++k) {
+        const __m512i x0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x44), x1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xee);
+        const __m512i y0 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x44),
+                      y1 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xee);
+        r[k] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        r[4 + k] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+        r[8 + k] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        r[12 + k] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+    }
+}
+
+/// The pair-transposed key tile Kp [dk2][tile] of 16 keys j0 .. j0 + 15 (rows k[0..15], dk bf16
+/// each): 16 × 16 word transposes, the last (dk/2 mod 16) pairs and an odd last element word by
+/// word.
+template <class A>
+inline void pair_columns16(std::uint32_t* Kp, int tile, int j0, const bfloat16* const* k, int dk) {
+    const int full = dk / 2, vec = full / 16 * 16;
+    for (int c2 = 0; c2 < vec; c2 += 16) {
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(static_cast<const void*>(k[i] + 2 * c2));
+        transpose16<A>(r);
+        for (int i = 0; i < 16; ++i)
+            _mm512_store_si512(static_cast<void*>(Kp + std::int64_t(c2 + i) * tile + j0), r[i]);
+    }
+    for (int i = 0; i < 16; ++i) {
+        for (int c2 = vec; c2 < full; ++c2) {
+            std::uint32_t w;
+            std::memcpy(&w, static_cast<const void*>(k[i] + 2 * c2), 4);
+            Kp[std::int64_t(c2) * tile + j0 + i] = w;
+        }
+        if (dk % 2) {
+            std::uint16_t u;
+            std::memcpy(&u, static_cast<const void*>(k[i] + dk - 1), 2);
+            Kp[std::int64_t(full) * tile + j0 + i] = u;  // the pair's second element is zero
+        }
+    }
+}
+
+/// Pair row of two value rows a, b (dv bf16 each): dst[c] = (a[c], b[c]) as one 32-bit word, the
+/// layout the P·V pair dot product reads (lanes are value columns, pairs are keys).
+template <class A>
+inline void pair_values(std::uint32_t* dst, const bfloat16* a, const bfloat16* b, int dv) {
+    alignas(64) static constexpr std::uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                                              37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                                              11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    const __m512i il = _mm512_load_si512(static_cast<const void*>(lo_idx));
+    const __m512i ih = _mm512_add_epi16(il, _mm512_set1_epi16(16));
+    int c = 0;
+    for (; c + 32 <= dv; c += 32) {
+        const __m512i va = _mm512_loadu_si512(static_cast<const void*>(a + c));
+        const __m512i vb = _mm512_loadu_si512(static_cast<const void*>(b + c));
+        _mm512_storeu_si512(static_cast<void*>(dst + c), _mm512_permutex2var_epi16(va, il, vb));
+        _mm512_storeu_si512(static_cast<void*>(dst + c + 16), _mm512_permutex2var_epi16(va, ih, vb));
+    }
+    for (; c < dv; ++c) {
+        std::uint16_t ua, ub;
+        std::memcpy(&ua, static_cast<const void*>(a + c), 2);
+        std::memcpy(&ub, static_cast<const void*>(b + c), 2);
+        dst[c] = std::uint32_t(ua) | (std::uint32_t(ub) << 16);
+    }
+}
+
+/// f32 → the bf16 bit patterns of 16 lanes (round to nearest even), widened back to f32.
+template <class A>
+inline __m512 bf16_round(__m512 x) noexcept {
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/// The P row of one query row as bf16 pairs of keys: hi[jp] = (p[2jp], p[2jp+1]) and lo the
+/// rest (p − hi), exact for a row rounded by round_p16. tile: a multiple of 16.
+template <class A>
+inline void p_pairs(const float* s, int tile, std::uint32_t* hi, std::uint32_t* lo) noexcept {
+    for (int j = 0; j < tile; j += 16) {
+        const __m512 p = _mm512_loadu_ps(s + j);
+        const __m256i h = (__m256i)_mm512_cvtneps_pbh(p);
+        const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        const __m256i l = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + j / 2), h);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + j / 2), l);
+    }
+}
+
+/// O[r][c0 .. c0 + 16·C) = α_r·O + Σ_jp (hi + lo)[r][jp] · Vp[jp][...] for R rows over key pairs
+/// [0, npairs): two pair dot products per pair of keys and vector of 16 value columns (the same
+/// count as one FMA per key, at the dot unit's rate).
+template <class A, int R, int C>
+inline void pv_pairs(const std::uint32_t* ph, const std::uint32_t* pl, std::int64_t pstride, const float* alpha,
+                     const std::uint32_t* Vp, std::int64_t vps, int npairs, float* O, std::int64_t os, int c0) {
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r) {
+        const __m512 a = _mm512_set1_ps(alpha[r]);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(O + r * os + c0 + c * 16), a);
+    }
+    for (int jp = 0; jp < npairs; ++jp) {
+        __m512i vv[C];
+        for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_si512(static_cast<const void*>(Vp + jp * vps + c0 + c * 16));
+        for (int r = 0; r < R; ++r) {
+            const __m512i bh = _mm512_set1_epi32(int(ph[r * pstride + jp]));
+            const __m512i bl = _mm512_set1_epi32(int(pl[r * pstride + jp]));
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)bh, (__m512bh)vv[c]);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)bl, (__m512bh)vv[c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) _mm512_storeu_ps(O + r * os + c0 + c * 16, acc[r][c]);
+}
+
+template <class A, int R, int... Cs>
+inline void pv_pairs_n(int C, std::integer_sequence<int, Cs...>, const std::uint32_t* ph, const std::uint32_t* pl,
+                       std::int64_t pstride, const float* alpha, const std::uint32_t* Vp, std::int64_t vps, int npairs,
+                       float* O, std::int64_t os, int c0) {
+    ((C == Cs + 1 ? (pv_pairs<A, R, Cs + 1>(ph, pl, pstride, alpha, Vp, vps, npairs, O, os, c0), 0) : 0), ...);
+}
+
+/// pv_pairs over all dvp (a multiple of 16) columns in passes of at most 4 vectors (R·4
+/// accumulators: 16 of 32 registers for R = 4).
 template <class A, int R>
-inline void qk_rows_bf16(const bfloat16* q, std::int64_t qs, const bfloat16* K, std::int64_t ks, int dkp, int tile,
-                         float* S, std::int64_t ss) {
-    constexpr int W = width<A>;
-    constexpr int NT = W / R;
-    for (int j0 = 0; j0 < tile; j0 += NT) {
-        vf<A> acc[W];
-        for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
-        const bfloat16* kp = K + std::int64_t(j0) * ks;
-        for (int c = 0; c < dkp; c += 2 * W)
-            for (int r = 0; r < R; ++r)
-                for (int n = 0; n < NT; ++n)
-                    acc[r * NT + n] = simd::dot_bf16<A>(acc[r * NT + n], q + r * qs + c, kp + n * ks + c);
-        alignas(64) float sums[W];
-        simd::hsum_rows<A>(acc).store_aligned(sums);
-        for (int r = 0; r < R; ++r)
-            for (int n = 0; n < NT; ++n) S[r * ss + j0 + n] = sums[r * NT + n];
+inline void pv_pairs_block(const std::uint32_t* ph, const std::uint32_t* pl, std::int64_t pstride, const float* alpha,
+                           const std::uint32_t* Vp, std::int64_t vps, int npairs, float* O, std::int64_t os, int dvp) {
+    constexpr int MAXC = 4;
+    const int nch = dvp / 16;
+    for (int c = 0; c < nch; c += MAXC) {
+        const int cc = nch - c < MAXC ? nch - c : MAXC;
+        pv_pairs_n<A, R>(cc, std::make_integer_sequence<int, MAXC>{}, ph, pl, pstride, alpha, Vp, vps, npairs, O, os,
+                         c * 16);
     }
 }
 #endif
@@ -115,6 +299,7 @@ inline void qk_rows_bf16(const bfloat16* q, std::int64_t qs, const bfloat16* K, 
 struct RowKeys {
     const int* lim;
     int lo, hi;
+    int first = 0;  ///< keys below it were done elsewhere (the bf16 pair path)
 };
 
 /// The P·V key range of R ≥ 1 rows whose key counts are lim[0..R).
@@ -137,7 +322,7 @@ inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const f
         const vf<A> a(alpha[r]);
         for (int c = 0; c < C; ++c) acc[r][c] = vf<A>::load_unaligned(O + r * os + c0 + c * W) * a;
     }
-    for (int j = 0; j < keys.lo; ++j) {
+    for (int j = keys.first; j < keys.lo; ++j) {
         vf<A> vv[C];
         for (int c = 0; c < C; ++c) vv[c] = vf<A>::load_unaligned(V + std::int64_t(j) * vs + c0 + c * W);
         for (int r = 0; r < R; ++r) {
@@ -145,7 +330,7 @@ inline void pv_rows(const float* P, std::int64_t ps, const float* alpha, const f
             for (int c = 0; c < C; ++c) acc[r][c] = simd::fmadd<A>(p, vv[c], acc[r][c]);
         }
     }
-    for (int j = keys.lo; j < keys.hi; ++j) {  // the causal diagonal: rows end at different keys
+    for (int j = keys.lo > keys.first ? keys.lo : keys.first; j < keys.hi; ++j) {  // the causal diagonal
         vf<A> vv[C];
         for (int c = 0; c < C; ++c) vv[c] = vf<A>::load_unaligned(V + std::int64_t(j) * vs + c0 + c * W);
         for (int r = 0; r < R; ++r) {
@@ -306,6 +491,18 @@ inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha,
     }
 }
 
+/// p rounded to hi + lo bf16 parts (16 bits of mantissa): what the pair P·V path multiplies.
+template <class A>
+inline vf<A> round_p16_vec(vf<A> p) noexcept {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    if constexpr (width<A> == 16) {
+        const __m512 hi = bf16_round<A>(p);
+        return vf<A>(_mm512_add_ps(hi, bf16_round<A>(_mm512_sub_ps(p, hi))));
+    }
+#endif
+    return p;  // no pair path on this ISA
+}
+
 /// Online-softmax update of rows [r0, r0 + R) on their score rows (see attend). Writes the number
 /// of keys of the tile each row sees to lim[0..R) and returns them as the P·V key range.
 ///
@@ -314,7 +511,10 @@ inline void pv_block_direct(const float* P, std::int64_t ps, const float* alpha,
 /// tile (exp2 of anything minus NaN is NaN), and the finish gives NaN (plan.hpp), as the reference
 /// does. The test is x − x summed over the visible logits (0 for finite x, NaN otherwise): one
 /// subtraction and one addition per vector of logits, next to the dk FMAs per logit of Q·Kᵀ.
-template <class A>
+///
+/// With P16 (the bf16 pair P·V path) the probabilities are rounded to hi + lo bf16 parts before
+/// they are summed, so the denominator sums exactly the weights the numerator multiplies.
+template <class A, bool P16 = false>
 inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, int R, std::int64_t t0, int n, float* alpha,
                             int* lim_out) {
     constexpr int W = width<A>;
@@ -355,7 +555,8 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
         const vf<A> mv(mnew);
         vf<A> sum(0.f);
         for (j = 0; j < tile; j += W) {
-            const vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
+            vf<A> p = xsimd::exp2(vf<A>::load_unaligned(s + j) - mv);
+            if constexpr (P16) p = round_p16_vec<A>(p);
             p.store_unaligned(s + j);
             sum += p;
         }
@@ -375,6 +576,12 @@ inline void scale_rows(const AttendJob& job, int dk) {
 
 /// The streaming variant of attend for ≤ 4 rows per head (GQA decode): no f32 tiles, K and V are
 /// read from the cache inside the micro-kernels. Needs dk, dv multiples of the SIMD width.
+///
+/// Walk: the tile's tokens × the job's KV heads, head by head. A token-major cache holds a
+/// token's heads side by side, so one head's pass touches 2·dk·sizeof(T) bytes of every
+/// token's span at a stride the hardware prefetchers do not follow across pages; while head h of
+/// tile t is computed, head h of tile t + 1 is prefetched (row pointers are double-buffered), so
+/// the whole span of every token is in flight one tile ahead and DRAM streams.
 template <class A, class T, int DK, int DV>
 void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     constexpr float ninf = -std::numeric_limits<float>::infinity();
@@ -384,12 +591,14 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     const int nh = src.n_heads > 0 ? src.n_heads : 1;
     const int rph = nr / nh;
 
-    // Scratch: key and value row pointers [nh][tile] each, a zero row for padding keys, scores, α.
-    const T** kptr = reinterpret_cast<const T**>(job.scratch);
-    const T** vptr = kptr + std::int64_t(nh) * tile;
-    T* zero = reinterpret_cast<T*>(vptr + std::int64_t(nh) * tile);
+    // Scratch: key and value row pointers [2][nh][tile] each (this tile, the next), a zero row
+    // for padding keys, scores, α.
+    const std::int64_t np = std::int64_t(nh) * tile;
+    const T** kbuf = reinterpret_cast<const T**>(job.scratch);
+    const T** vbuf = kbuf + 2 * np;
+    T* zero = reinterpret_cast<T*>(vbuf + 2 * np);
     const std::int64_t zero_floats = (std::int64_t(sizeof(T)) * (dk > dv ? dk : dv) + 3) / 4;
-    float* S = job.scratch + round_up(4 * std::int64_t(nh) * tile + zero_floats + 16, 16);
+    float* S = job.scratch + round_up(8 * np + zero_floats + 16, 16);
     float* alpha = S + std::int64_t(nr) * tile;
     std::memset(static_cast<void*>(zero), 0, sizeof(T) * std::size_t(dk > dv ? dk : dv));
     scale_rows(job, dk);
@@ -403,30 +612,51 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     }
     if (kend > job.ke) kend = job.ke;
 
-    for (std::int64_t t0 = job.kb; t0 < kend; t0 += tile) {
-        const int n = int(kend - t0 < tile ? kend - t0 : tile);
+    // Row pointers of the tile at t0 into buffer b (padding keys point at the zero row).
+    auto set_rows = [&](std::int64_t t0, int b) {
+        const T** kp = kbuf + b * np;
+        const T** vp = vbuf + b * np;
         for (int j = 0; j < tile; ++j) {
-            if (j < n) {
+            if (t0 + j < kend) {
                 const std::int64_t off = src.map.token_offset(t0 + j, src.token_stride);
                 const std::int64_t voff =
                     src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
                 for (int hh = 0; hh < nh; ++hh) {
-                    kptr[hh * tile + j] = src.k + off + hh * src.head_stride;
-                    vptr[hh * tile + j] = src.v + voff + hh * src.head_stride;
+                    kp[hh * tile + j] = src.k + off + hh * src.head_stride;
+                    vp[hh * tile + j] = src.v + voff + hh * src.head_stride;
                 }
             } else {
-                for (int hh = 0; hh < nh; ++hh) kptr[hh * tile + j] = vptr[hh * tile + j] = zero;
+                for (int hh = 0; hh < nh; ++hh) kp[hh * tile + j] = vp[hh * tile + j] = zero;
             }
         }
+    };
+    const std::size_t k_bytes = sizeof(T) * std::size_t(dk), v_bytes = sizeof(T) * std::size_t(dv);
+    int cur = 0;
+    if (job.kb < kend) set_rows(job.kb, cur);
+    for (std::int64_t t0 = job.kb; t0 < kend; t0 += tile) {
+        const int n = int(kend - t0 < tile ? kend - t0 : tile);
+        const bool has_next = t0 + tile < kend;
+        const int nn = has_next ? int(kend - t0 - tile < tile ? kend - t0 - tile : tile) : 0;
+        if (has_next) set_rows(t0 + tile, cur ^ 1);
         for (int hh = 0; hh < nh; ++hh) {
+            if (job.prefetch && has_next) {
+                const T* const* pk = kbuf + (cur ^ 1) * np + hh * tile;
+                const T* const* pv = vbuf + (cur ^ 1) * np + hh * tile;
+                for (int j = 0; j < nn; ++j) {
+                    const char* a = reinterpret_cast<const char*>(pk[j]);
+                    const char* b = reinterpret_cast<const char*>(pv[j]);
+                    for (std::size_t o = 0; o < k_bytes; o += 64) __builtin_prefetch(a + o, 0, 3);
+                    for (std::size_t o = 0; o < v_bytes; o += 64) __builtin_prefetch(b + o, 0, 3);
+                }
+            }
             const int r0 = hh * rph, R = rph;
             std::int64_t blk_end = job.row_end[r0];
             for (int r = 1; r < R; ++r) blk_end = job.row_end[r0 + r] > blk_end ? job.row_end[r0 + r] : blk_end;
             if (blk_end <= t0) continue;
             const float* q = job.q + r0 * job.q_stride;
             float* Sr = S + std::int64_t(r0) * tile;
-            const T* const* kp = kptr + hh * tile;
-            const T* const* vp = vptr + hh * tile;
+            const T* const* kp = kbuf + cur * np + hh * tile;
+            const T* const* vp = vbuf + cur * np + hh * tile;
             float* O = job.o + r0 * job.o_stride;
             if (R == 4) qk_rows_direct<A, 4, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
             else if (R >= 2) qk_rows_direct<A, 2, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
@@ -442,6 +672,7 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
             } else if (R == 2) pv_block_direct<A, 2, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
             else pv_block_direct<A, 1, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
         }
+        cur ^= 1;
     }
 }
 
@@ -478,15 +709,43 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
     float* alpha = S + std::int64_t(nr) * tile;
     float* tail = alpha + round_up(nr, 16);
 
-    [[maybe_unused]] const int dkp2 = int(round_up(dk, 2 * W));
-    [[maybe_unused]] const std::int64_t kts2 = std::int64_t(nh) * dkp2;
-    [[maybe_unused]] bfloat16* Kh = reinterpret_cast<bfloat16*>(tail);
-    [[maybe_unused]] bfloat16* Qh = Kh + tile * kts2;
-    scale_rows(job, dk);
+    // bf16 pair-dot path: the pair-transposed key tile Kp [nh][dk2][tile], the query split into
+    // bf16 hi and lo pairs [nr][dk2] each (see qk_pairs), f32 scores scaled after the dot.
+    [[maybe_unused]] const int dk2 = (dk + 1) / 2;
+    [[maybe_unused]] const std::int64_t kp_head = std::int64_t(dk2) * tile;
+    [[maybe_unused]] std::uint32_t* Kp = reinterpret_cast<std::uint32_t*>(tail);
+    [[maybe_unused]] std::uint32_t* Qhi = Kp + round_up(std::int64_t(nh) * kp_head, 16);
+    [[maybe_unused]] std::uint32_t* Qlo = Qhi + round_up(std::int64_t(nr) * dk2, 16);
+    // ... the value tile as pairs of keys Vp [nh][tile/2][dvp] (see pair_values), a zero row for
+    // padding keys.
+    [[maybe_unused]] const std::int64_t vp_head = std::int64_t(tile / 2) * dvp;
+    [[maybe_unused]] std::uint32_t* Vp = Qlo + round_up(std::int64_t(nr) * dk2, 16);
+    [[maybe_unused]] const bfloat16* zrow = reinterpret_cast<const bfloat16*>(Vp + round_up(nh * vp_head, 16));
+    [[maybe_unused]] bool q_lo = false;
     if constexpr (use_bf16_dot) {
-        std::memset(static_cast<void*>(Kh), 0, sizeof(bfloat16) * std::size_t(tile * kts2));
-        std::memset(static_cast<void*>(Qh), 0, sizeof(bfloat16) * std::size_t(nr) * dkp2);
-        for (int r = 0; r < nr; ++r) simd::store_row<A>(Qh + std::int64_t(r) * dkp2, job.q + r * job.q_stride, dk);
+        std::memset(static_cast<void*>(Kp), 0, 4 * std::size_t(nh * kp_head));
+        std::memset(static_cast<void*>(Vp), 0, 4 * std::size_t(nh * vp_head));
+        std::memset(static_cast<void*>(const_cast<bfloat16*>(zrow)), 0,
+                    sizeof(bfloat16) * std::size_t(round_up(dk > dv ? dk : dv, 32)));
+        for (int r = 0; r < nr; ++r) {
+            const float* qr = job.q + r * job.q_stride;
+            for (int c2 = 0; c2 < dk2; ++c2) {
+                std::uint32_t hi = 0, lo = 0;
+                for (int e = 0; e < 2 && 2 * c2 + e < dk; ++e) {
+                    const float x = qr[2 * c2 + e];
+                    const std::uint16_t h = simd::float_to_bf16_bits<A>(x);
+                    const float rest = x - simd::bf16_to_float<A>(h);
+                    const std::uint16_t l = simd::float_to_bf16_bits<A>(rest);
+                    hi |= std::uint32_t(h) << (16 * e);
+                    lo |= std::uint32_t(l) << (16 * e);
+                    q_lo = q_lo || (rest != 0.f);
+                }
+                Qhi[std::int64_t(r) * dk2 + c2] = hi;
+                Qlo[std::int64_t(r) * dk2 + c2] = lo;
+            }
+        }
+    } else {
+        scale_rows(job, dk);
     }
 
     std::int64_t kend = job.kb;
@@ -525,9 +784,6 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
             const std::int64_t voff = src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
             for (int hh = 0; hh < nh; ++hh) {
                 const T* kr = src.k + off + hh * src.head_stride;
-                if constexpr (use_bf16_dot)
-                    std::memcpy(static_cast<void*>(Kh + j * kts2 + hh * dkp2), static_cast<const void*>(kr),
-                                sizeof(bfloat16) * std::size_t(dk));
                 simd::convert_row<A>(Kb + j * kts + hh * dkp, kr, dk);
                 if (!v_is_k) simd::convert_row<A>(Vb + j * vts + hh * dvp, src.v + voff + hh * src.head_stride, dv);
             }
@@ -535,9 +791,29 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
         if (n < tile) {
             std::memset(static_cast<void*>(Kb + n * kts), 0, sizeof(float) * std::size_t((tile - n) * kts));
             if (!v_is_k) std::memset(static_cast<void*>(Vb + n * vts), 0, sizeof(float) * std::size_t((tile - n) * vts));
-            if constexpr (use_bf16_dot)
-                std::memset(static_cast<void*>(Kh + n * kts2), 0, sizeof(bfloat16) * std::size_t((tile - n) * kts2));
         }
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+        if constexpr (use_bf16_dot) {  // the pair layouts of K and V, padding keys from the zero row
+            const bfloat16* krows[1024];
+            const bfloat16* vrows[1024];
+            for (int hh = 0; hh < nh; ++hh) {
+                for (int j = 0; j < tile; ++j) {
+                    if (j < n) {
+                        const std::int64_t off = src.map.token_offset(t0 + j, src.token_stride);
+                        const std::int64_t voff =
+                            src.v_token_stride == 0 ? off : src.map.token_offset(t0 + j, src.v_token_stride);
+                        krows[j] = src.k + off + hh * src.head_stride;
+                        vrows[j] = src.v + voff + hh * src.head_stride;
+                    } else {
+                        krows[j] = vrows[j] = zrow;
+                    }
+                }
+                for (int j = 0; j < tile; j += 16) pair_columns16<A>(Kp + hh * kp_head, tile, j, krows + j, dk);
+                for (int j = 0; j < tile; j += 2)
+                    pair_values<A>(Vp + hh * vp_head + std::int64_t(j / 2) * dvp, vrows[j], vrows[j + 1], dv);
+            }
+        }
+#endif
 
         if (transposed)
             for (int j = 0; j < tile; ++j)
@@ -554,6 +830,19 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                     qk_block_t<A>(job.q + ra * job.q_stride, job.q_stride, rend - ra, Kt, tile, dk,
                                   S + std::int64_t(ra) * tile, tile);
             }
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+            if constexpr (use_bf16_dot) {  // the same, with the pair dot product
+                int ra = hh * rph;
+                while (ra < rend && job.row_end[ra] <= t0) ++ra;
+                const std::int64_t qo = std::int64_t(ra) * dk2;
+                if (ra < rend && q_lo)
+                    qk_pairs_block<A, true>(Qhi + qo, Qlo + qo, dk2, rend - ra, Kp + hh * kp_head, tile, dk2,
+                                            job.qk_scale, S + std::int64_t(ra) * tile, tile);
+                else if (ra < rend)
+                    qk_pairs_block<A, false>(Qhi + qo, Qlo + qo, dk2, rend - ra, Kp + hh * kp_head, tile, dk2,
+                                             job.qk_scale, S + std::int64_t(ra) * tile, tile);
+            }
+#endif
             for (int r0 = hh * rph; r0 < rend;) {
                 const int R = rend - r0 >= 4 ? 4 : (rend - r0 >= 2 ? 2 : 1);
                 std::int64_t blk_end = job.row_end[r0];
@@ -568,13 +857,7 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                 if (transposed) {
                     // computed above for the whole head
                 } else if constexpr (use_bf16_dot) {
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-                    const bfloat16* qh = Qh + std::int64_t(r0) * dkp2;
-                    const bfloat16* kh = Kh + hh * dkp2;
-                    if (R == 4) qk_rows_bf16<A, 4>(qh, dkp2, kh, kts2, dkp2, tile, Sr, tile);
-                    else if (R == 2) qk_rows_bf16<A, 2>(qh, dkp2, kh, kts2, dkp2, tile, Sr, tile);
-                    else qk_rows_bf16<A, 1>(qh, dkp2, kh, kts2, dkp2, tile, Sr, tile);
-#endif
+                    // computed above for the whole head
                 } else if constexpr (DK > 0) {
                     constexpr int DKP = int((DK + W - 1) / W * W);
                     if (R == 4) qk_rows_fixed<A, 4, DKP>(q, job.q_stride, Kh0, kts, tile, Sr, tile);
@@ -587,12 +870,30 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
                 }
                 // ---- online softmax
                 int lim[4] = {0, 0, 0, 0};  // set by softmax_rows (initialised: GCC cannot see R >= 1)
-                const RowKeys keys = softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha, lim);
+                const RowKeys keys = softmax_rows<A, use_bf16_dot>(job, S, tile, r0, R, t0, n, alpha, lim);
                 // ---- O = α O + P V
                 float* O = job.o + r0 * job.o_stride;
-                if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vt, vts, keys, O, job.o_stride, dvp);
-                else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vt, vts, keys, O, job.o_stride, dvp);
-                else pv_block<A, 1>(Sr, tile, alpha, Vt, vts, keys, O, job.o_stride, dvp);
+                RowKeys rest = keys;
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+                if constexpr (use_bf16_dot) {
+                    // Key pairs every row of the block sees: pair dot products; the rest (the
+                    // causal diagonal, an odd last key) below with FMAs, α already applied.
+                    const int pe = keys.lo & ~1, tp = tile / 2;
+                    alignas(64) std::uint32_t ph[4 * 512], pl[4 * 512];
+                    for (int r = 0; r < R; ++r) p_pairs<A>(Sr + std::int64_t(r) * tile, tile, ph + r * tp, pl + r * tp);
+                    const std::uint32_t* vp = Vp + hh * vp_head;
+                    if (R == 4) pv_pairs_block<A, 4>(ph, pl, tp, alpha, vp, dvp, pe / 2, O, job.o_stride, dvp);
+                    else if (R == 2) pv_pairs_block<A, 2>(ph, pl, tp, alpha, vp, dvp, pe / 2, O, job.o_stride, dvp);
+                    else pv_pairs_block<A, 1>(ph, pl, tp, alpha, vp, dvp, pe / 2, O, job.o_stride, dvp);
+                    rest.first = pe;
+                    for (int r = 0; r < R; ++r) alpha[r] = 1.f;
+                }
+#endif
+                if (!use_bf16_dot || rest.first < rest.hi) {  // (the f32 path also applies α here)
+                    if (R == 4) pv_block<A, 4>(Sr, tile, alpha, Vt, vts, rest, O, job.o_stride, dvp);
+                    else if (R == 2) pv_block<A, 2>(Sr, tile, alpha, Vt, vts, rest, O, job.o_stride, dvp);
+                    else pv_block<A, 1>(Sr, tile, alpha, Vt, vts, rest, O, job.o_stride, dvp);
+                }
                 r0 += R;
             }
         }

@@ -54,6 +54,7 @@ struct GroupInfo {
     int dk = 0, dv = 0;
     bool v_is_k = false;
     int n_heads = 1;  ///< KV heads read together by the kernel
+    bool bf16 = false;  ///< bf16 storage (the AVX-512-BF16 pair-dot path wants longer tiles)
 };
 
 inline int default_workers(int n) {
@@ -88,8 +89,10 @@ public:
     static Plan make(const std::vector<detail::GroupInfo>& groups, const Options& opt) {
         Plan p;
         p.isa_ = resolve_isa(opt.isa);
-        int tile = 64;
-        for (const auto& g : groups) tile = std::min(tile, detail::default_tile(g.dk, g.dv, g.v_is_k, g.n_heads));
+        int tile = 128;
+        const bool pair_dot = p.isa_ == Isa::avx512bf16;
+        for (const auto& g : groups)
+            tile = std::min(tile, detail::default_tile(g.dk, g.dv, g.v_is_k, g.n_heads, pair_dot && g.bf16, g.n_rows));
         p.tile_ = opt.tile > 0 ? opt.tile : tile;
         p.prefetch_ = opt.prefetch != 0;
         p.direct_ = opt.direct != 0;
