@@ -441,6 +441,42 @@ inline void qk_rows_direct(const float* q, std::int64_t qs, const T* const* krow
     }
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+/// qk_rows_direct for a bf16 cache on AVX-512-BF16: the key rows go straight from the cache into
+/// the pair dot product (no widening), against the query's bf16 hi (and, with LO, lo) rows; the
+/// sums are scaled once: S = scale·(q·k). dk: a multiple of 32.
+template <class A, int R, bool LO, int DK>
+inline void qk_rows_direct_bf16(const bfloat16* qh, const bfloat16* ql, std::int64_t qs, const bfloat16* const* krow,
+                                int dk_rt, int tile, float scale, float* S, std::int64_t ss) {
+    constexpr int W = width<A>;
+    constexpr int NT = W / R;
+    const int dk = DK > 0 ? DK : dk_rt;
+    for (int j0 = 0; j0 < tile; j0 += NT) {
+        vf<A> acc[W];
+        for (int i = 0; i < W; ++i) acc[i] = vf<A>(0.f);
+#pragma GCC unroll 4
+        for (int c = 0; c < dk; c += 32) {
+            __m512i kv[NT];
+            for (int n = 0; n < NT; ++n) kv[n] = _mm512_loadu_si512(static_cast<const void*>(krow[j0 + n] + c));
+            for (int r = 0; r < R; ++r) {
+                const __m512i qv = _mm512_loadu_si512(static_cast<const void*>(qh + r * qs + c));
+                for (int n = 0; n < NT; ++n)
+                    acc[r * NT + n] = vf<A>(_mm512_dpbf16_ps(acc[r * NT + n], (__m512bh)qv, (__m512bh)kv[n]));
+                if constexpr (LO) {
+                    const __m512i lv = _mm512_loadu_si512(static_cast<const void*>(ql + r * qs + c));
+                    for (int n = 0; n < NT; ++n)
+                        acc[r * NT + n] = vf<A>(_mm512_dpbf16_ps(acc[r * NT + n], (__m512bh)lv, (__m512bh)kv[n]));
+                }
+            }
+        }
+        alignas(64) float sums[W];
+        (simd::hsum_rows<A>(acc) * vf<A>(scale)).store_aligned(sums);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < NT; ++n) S[r * ss + j0 + n] = sums[r * NT + n];
+    }
+}
+#endif
+
 template <class A, int R, int C, class T>
 inline void pv_rows_direct(const float* P, std::int64_t ps, const float* alpha, const T* const* vrow, RowKeys keys,
                            float* O, std::int64_t os, int c0) {
@@ -603,7 +639,27 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     float* S = job.scratch + round_up(4 * np + zero_floats + 16, 16);
     float* alpha = S + std::int64_t(nr) * tile;
     std::memset(static_cast<void*>(zero), 0, sizeof(T) * std::size_t(dk > dv ? dk : dv));
-    scale_rows(job, dk);
+    // A bf16 cache on AVX-512-BF16 (dk a multiple of 32): QK by the pair dot product on the
+    // query's bf16 hi + lo rows [nr][dk] (lo only if the query is not already bf16).
+    constexpr bool bf16_dot = std::is_same_v<T, bfloat16> && simd::has_bf16_dot<A>;
+    const bool use_dot = bf16_dot && dk % 32 == 0;
+    [[maybe_unused]] bfloat16* qh = reinterpret_cast<bfloat16*>(alpha + round_up(nr, 16));
+    [[maybe_unused]] bfloat16* ql = qh + std::int64_t(nr) * dk;
+    [[maybe_unused]] bool q_lo = false;
+    if (use_dot) {
+        for (int r = 0; r < nr; ++r)
+            for (int e = 0; e < dk; ++e) {
+                const float x = job.q[r * job.q_stride + e];
+                const std::uint16_t h = simd::float_to_bf16_bits<A>(x);
+                const float rest = x - simd::bf16_to_float<A>(h);
+                const std::uint16_t l = simd::float_to_bf16_bits<A>(rest);
+                std::memcpy(static_cast<void*>(qh + std::int64_t(r) * dk + e), &h, 2);
+                std::memcpy(static_cast<void*>(ql + std::int64_t(r) * dk + e), &l, 2);
+                q_lo = q_lo || rest != 0.f;
+            }
+    } else {
+        scale_rows(job, dk);
+    }
 
     std::int64_t kend = job.kb;
     for (int r = 0; r < nr; ++r) {
@@ -656,10 +712,32 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
             const T* const* kp = kptr + hh * tile;
             const T* const* vp = vptr + hh * tile;
             float* O = job.o + r0 * job.o_stride;
-            if (R == 4) qk_rows_direct<A, 4, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
-            else if (R >= 2) qk_rows_direct<A, 2, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
-            else qk_rows_direct<A, 1, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
-            if (R == 3) qk_rows_direct<A, 1, T, DK>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
+            if (use_dot) {
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+                if constexpr (bf16_dot) {
+                    const bfloat16* a = qh + std::int64_t(r0) * dk;
+                    const bfloat16* b = ql + std::int64_t(r0) * dk;
+                    const float sc = job.qk_scale;
+                    auto qk = [&](auto lo) {
+                        constexpr bool L = decltype(lo)::value;
+                        if (R == 4) qk_rows_direct_bf16<A, 4, L, DK>(a, b, dk, kp, dk, tile, sc, Sr, tile);
+                        else if (R >= 2) qk_rows_direct_bf16<A, 2, L, DK>(a, b, dk, kp, dk, tile, sc, Sr, tile);
+                        else qk_rows_direct_bf16<A, 1, L, DK>(a, b, dk, kp, dk, tile, sc, Sr, tile);
+                        if (R == 3)
+                            qk_rows_direct_bf16<A, 1, L, DK>(a + 2 * dk, b + 2 * dk, dk, kp, dk, tile, sc, Sr + 2 * tile,
+                                                             tile);
+                    };
+                    if (q_lo) qk(std::true_type{});
+                    else qk(std::false_type{});
+                }
+#endif
+            } else {
+                if (R == 4) qk_rows_direct<A, 4, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
+                else if (R >= 2) qk_rows_direct<A, 2, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
+                else qk_rows_direct<A, 1, T, DK>(q, job.q_stride, kp, dk, tile, Sr, tile);
+                if (R == 3)
+                    qk_rows_direct<A, 1, T, DK>(q + 2 * job.q_stride, job.q_stride, kp, dk, tile, Sr + 2 * tile, tile);
+            }
             int lim[4] = {0, 0, 0, 0};  // set by softmax_rows (initialised: GCC cannot see R >= 1)
             const RowKeys keys = softmax_rows<A>(job, S, tile, r0, R, t0, n, alpha, lim);
             if (R == 4) pv_block_direct<A, 4, T, DV>(Sr, tile, alpha, vp, keys, O, job.o_stride, dv);
