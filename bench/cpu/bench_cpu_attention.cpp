@@ -46,7 +46,7 @@ void set_threads(int t) {
 }
 
 /// Options of a case; TRANSMLA_BENCH_TILE / _PREFETCH / _QTILE / _HEADBLOCK / _DIRECT / _TRANSPOSED /
-/// _KVCHUNK override the automatic
+/// _KVCHUNK / _ISA override the automatic
 /// choices (for tuning experiments).
 cpu::Options bench_options(int threads) {
     cpu::Options o;
@@ -58,6 +58,10 @@ cpu::Options bench_options(int threads) {
     if (const char* e = std::getenv("TRANSMLA_BENCH_DIRECT")) o.direct = std::atoi(e);
     if (const char* e = std::getenv("TRANSMLA_BENCH_TRANSPOSED")) o.transposed = std::atoi(e);
     if (const char* e = std::getenv("TRANSMLA_BENCH_KVCHUNK")) o.kv_chunk = std::atoll(e);
+    if (const char* e = std::getenv("TRANSMLA_BENCH_ISA")) {  // sse2, avx2, avx512, avx512bf16
+        for (auto i : {cpu::Isa::sse2, cpu::Isa::avx2, cpu::Isa::avx512, cpu::Isa::avx512bf16})
+            if (cpu::isa_name(i) == e) o.isa = i;
+    }
     return o;
 }
 

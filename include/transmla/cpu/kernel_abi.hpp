@@ -78,12 +78,13 @@ constexpr std::int64_t scratch_floats(int dk, int dv, bool v_is_k, int n_rows, i
 }
 
 /// Default keys per tile: about 64 KB of f32 K and V tiles (L2-resident), a multiple of 16 in
-/// [16, 64]. The AVX-512-BF16 pair-dot path (bf16 storage, ≥ 16 rows: MLA heads, prefill tiles)
-/// takes 128: its tiles are bf16 pairs (half the bytes), and every tile reloads the R × dv output
+/// [16, 64]. The general kernel's AVX-512-BF16 pair-dot path (bf16 storage, ≥ 16 rows of which
+/// more than 4 per KV head: MLA heads, prefill tiles; not the streaming GQA decode kernel) takes
+/// 128: its tiles are bf16 pairs (half the bytes), and every tile reloads the R × dv output
 /// accumulators, which 128 keys amortise (measured on a Zen 4: 128 heads × (512 + 64), 4K keys,
 /// 10.0 ms at 64, 9.25 ms at 128, 9.29 ms at 256).
 constexpr int default_tile(int dk, int dv, bool v_is_k, int n_heads, bool pair_dot = false, int n_rows = 0) noexcept {
-    if (pair_dot && n_rows >= 16) return 128;
+    if (pair_dot && n_rows >= 16 && (v_is_k || n_rows > 4 * n_heads)) return 128;
     const std::int64_t bytes = 4 * std::int64_t(n_heads) * (round_up(dk, 16) + (v_is_k ? 0 : round_up(dv, 16)));
     const std::int64_t t = 65536 / bytes / 16 * 16;
     return int(t < 16 ? 16 : (t > 64 ? 64 : t));
