@@ -556,11 +556,16 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
     constexpr int W = width<A>;
     constexpr float ninf = -std::numeric_limits<float>::infinity();
     constexpr float nan = std::numeric_limits<float>::quiet_NaN();
+    // The key range is kept here rather than read back from lim_out (row_keys): GCC 12 at
+    // -march=x86-64-v4 takes the read-back for a use of uninitialised memory.
+    RowKeys keys{lim_out, n, 0};
     for (int r = r0; r < r0 + R; ++r) {
         float* s = S + std::int64_t(r) * tile;
         std::int64_t lim64 = job.row_end[r] - t0;
         const int lim = int(lim64 < 0 ? 0 : (lim64 > n ? n : lim64));
         lim_out[r - r0] = lim;
+        keys.lo = lim < keys.lo ? lim : keys.lo;
+        keys.hi = lim > keys.hi ? lim : keys.hi;
         // One pass over the visible logits gives their maximum and the finiteness test.
         vf<A> mx(ninf), chk(0.f);
         int j = 0;
@@ -600,7 +605,7 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
         job.m[r] = mnew;
         alpha[r - r0] = a;
     }
-    return row_keys(lim_out, R);
+    return keys;
 }
 
 /// Multiplies the job's query rows by qk_scale in place (the f32 paths: the same rounding as
