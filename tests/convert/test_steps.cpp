@@ -164,7 +164,11 @@ TEST_CASE("step 2: F > 1 does not commute with RoPE; the error grows with the po
     INFO("mean |logit error| by gap:" << msg.str());
     CHECK(err[0] <= 1e-12);  // same position: RoPE rotates by 0, nothing to mismatch
     CHECK(err[1] > 1e-6);
-    for (std::size_t g = 2; g < gaps.size(); ++g) CHECK(err[g] > err[g - 1]);
+    // Grows with the gap while the folded frequencies' phase errors are small (up to 16 here);
+    // past that the phase differences wrap and the error saturates (a seed gave 0.298 at 16 and
+    // 0.278 at 32), so the largest gap is only required to stay well above the smallest.
+    for (std::size_t g = 2; g + 1 < gaps.size(); ++g) CHECK(err[g] > err[g - 1]);
+    CHECK(err.back() > 4 * err[1]);
     // And F = 1 on the same layer is exact at every gap.
     const PartialRopeLayer p1 = rorope(f.layer, f.stats, 16, 1, true);
     const Eigen::MatrixXd x = f.gen.tokens(2, 0);

@@ -110,8 +110,8 @@ void run_case(const Shape& s, cpu::MlaFusion fusion) {
     std::vector<float> qn_c(std::size_t(T) * H * dn), qp_c(std::size_t(T) * H * dr);
     for (std::int64_t t = 0; t < T; ++t)
         for (int i = 0; i < H; ++i) {
-            std::copy_n(qn.row(t, i), dn, &qn_c[(std::size_t(t) * H + i) * dn]);
-            std::copy_n(qp.row(t, i), dr, &qp_c[(std::size_t(t) * H + i) * dr]);
+            std::copy_n(qn.row(t, i), dn, qn_c.data() + (std::size_t(t) * H + i) * dn);  // dn may be 0
+            std::copy_n(qp.row(t, i), dr, qp_c.data() + (std::size_t(t) * H + i) * dr);
         }
     std::vector<float> qa(std::size_t(T) * H * (r + dr));
     w.absorb(qn, qp, View3<float>(qa.data(), {T, H, r + dr}));
