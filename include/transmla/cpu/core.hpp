@@ -608,6 +608,23 @@ inline RowKeys softmax_rows(const AttendJob& job, float* S, int tile, int r0, in
     return keys;
 }
 
+/// Splits n f32 query values into bf16 hi + lo bit patterns (x = hi + lo to 16 bits of mantissa),
+/// stored as consecutive 2-byte values at hi and lo. Returns whether some lo part is non-zero
+/// (the query is not already bf16; its lo dot products can be skipped otherwise).
+template <class A>
+inline bool split_bf16(const float* x, int n, void* hi, void* lo) noexcept {
+    bool any_lo = false;
+    for (int e = 0; e < n; ++e) {
+        const std::uint16_t h = simd::float_to_bf16_bits<A>(x[e]);
+        const float rest = x[e] - simd::bf16_to_float<A>(h);
+        const std::uint16_t l = simd::float_to_bf16_bits<A>(rest);
+        std::memcpy(static_cast<char*>(hi) + 2 * e, &h, 2);
+        std::memcpy(static_cast<char*>(lo) + 2 * e, &l, 2);
+        any_lo = any_lo || rest != 0.f;
+    }
+    return any_lo;
+}
+
 /// Multiplies the job's query rows by qk_scale in place (the f32 paths: the same rounding as
 /// scaling them while filling).
 inline void scale_rows(const AttendJob& job, int dk) {
@@ -653,15 +670,8 @@ void attend_direct(const KvSource<T>& src, const AttendJob& job) {
     [[maybe_unused]] bool q_lo = false;
     if (use_dot) {
         for (int r = 0; r < nr; ++r)
-            for (int e = 0; e < dk; ++e) {
-                const float x = job.q[r * job.q_stride + e];
-                const std::uint16_t h = simd::float_to_bf16_bits<A>(x);
-                const float rest = x - simd::bf16_to_float<A>(h);
-                const std::uint16_t l = simd::float_to_bf16_bits<A>(rest);
-                std::memcpy(static_cast<void*>(qh + std::int64_t(r) * dk + e), &h, 2);
-                std::memcpy(static_cast<void*>(ql + std::int64_t(r) * dk + e), &l, 2);
-                q_lo = q_lo || rest != 0.f;
-            }
+            q_lo = split_bf16<A>(job.q + r * job.q_stride, dk, qh + std::int64_t(r) * dk, ql + std::int64_t(r) * dk) ||
+                   q_lo;
     } else {
         scale_rows(job, dk);
     }
@@ -807,22 +817,11 @@ void attend(const KvSource<T>& src, const AttendJob& job) {
         std::memset(static_cast<void*>(Vp), 0, 4 * std::size_t(nh * vp_head));
         std::memset(static_cast<void*>(const_cast<bfloat16*>(zrow)), 0,
                     sizeof(bfloat16) * std::size_t(round_up(dk > dv ? dk : dv, 32)));
-        for (int r = 0; r < nr; ++r) {
-            const float* qr = job.q + r * job.q_stride;
-            for (int c2 = 0; c2 < dk2; ++c2) {
-                std::uint32_t hi = 0, lo = 0;
-                for (int e = 0; e < 2 && 2 * c2 + e < dk; ++e) {
-                    const float x = qr[2 * c2 + e];
-                    const std::uint16_t h = simd::float_to_bf16_bits<A>(x);
-                    const float rest = x - simd::bf16_to_float<A>(h);
-                    const std::uint16_t l = simd::float_to_bf16_bits<A>(rest);
-                    hi |= std::uint32_t(h) << (16 * e);
-                    lo |= std::uint32_t(l) << (16 * e);
-                    q_lo = q_lo || (rest != 0.f);
-                }
-                Qhi[std::int64_t(r) * dk2 + c2] = hi;
-                Qlo[std::int64_t(r) * dk2 + c2] = lo;
-            }
+        for (int r = 0; r < nr; ++r) {  // a row of pairs is the bf16 row read as words (x86)
+            std::uint32_t* hi = Qhi + std::int64_t(r) * dk2;
+            std::uint32_t* lo = Qlo + std::int64_t(r) * dk2;
+            hi[dk2 - 1] = lo[dk2 - 1] = 0;  // an odd dk's last pair ends in a zero
+            q_lo = split_bf16<A>(job.q + r * job.q_stride, dk, hi, lo) || q_lo;
         }
     } else {
         scale_rows(job, dk);

@@ -7,7 +7,7 @@
 //  * load_f32(p) / load_f32_partial(p, n): f32, f16 or bf16 storage widened to an f32 batch
 //    (F16C / AVX-512 conversion instructions, an exact integer bit trick on SSE2);
 //  * store_f32 / store_f32_partial: f32 batch rounded (to nearest even) into storage;
-//  * dot_bf16: the AVX-512-BF16 pair dot product (vdpbf16ps) where the TU is compiled for it.
+//  * has_bf16_dot: whether the TU can use the AVX-512-BF16 pair dot product (vdpbf16ps).
 //
 // Everything is a template on the xsimd architecture `A`, so a translation unit compiled with
 // -mavx2 instantiates different symbols from one compiled for SSE2 and the two can be linked into
@@ -267,12 +267,6 @@ inline void convert_row(float* dst, const T* src, int n) noexcept {
     }
 }
 
-/// Stores n f32 values into storage type T (round to nearest even).
-template <class A, class T>
-inline void store_row(T* dst, const float* src, int n) noexcept {
-    for (int i = 0; i < n; ++i) float_to_elem<A>(dst + i, src[i]);
-}
-
 // ---- bf16 dot product ------------------------------------------------------------------------
 
 /// True when this TU can use vdpbf16ps (AVX-512-BF16) for batches of A.
@@ -282,16 +276,6 @@ inline constexpr bool has_bf16_dot =
     width<A> == 16;
 #else
     false;
-#endif
-
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
-/// acc + Σ pairs a[2i]·b[2i] + a[2i+1]·b[2i+1] over 32 bf16 values each (16 f32 lanes).
-template <class A>
-inline vf<A> dot_bf16(vf<A> acc, const bfloat16* a, const bfloat16* b) noexcept {
-    const __m512i va = _mm512_loadu_si512(a);
-    const __m512i vb = _mm512_loadu_si512(b);
-    return vf<A>(_mm512_dpbf16_ps(acc, (__m512bh)va, (__m512bh)vb));
-}
 #endif
 
 }  // namespace transmla::cpu::simd
