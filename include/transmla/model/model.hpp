@@ -104,6 +104,13 @@ struct MlaAttention {
     VectorXf bkv_a;
     RowMatrixXf kv_b;  ///< [H·(dn+dv)][r]: per head W_UK^i (dn rows) then W_UV^i (dv rows)
     RowMatrixXf wo;    ///< [D][H·dv]
+    /// Optional RMSNorms of stock DeepSeek code (empty: none, as the converters produce): on the
+    /// latent c before it is cached (kv_a_layernorm) and on the low-rank query (q_a_layernorm),
+    /// each y = w ⊙ x / sqrt(mean(x²) + eps). The loaders of DeepSeek checkpoints fill them.
+    VectorXf kv_norm;
+    double kv_norm_eps = 1e-6;
+    VectorXf q_norm;
+    double q_norm_eps = 1e-6;
     /// kv_b (and wo, when fusing W_O·W_UV pays or is forced) prepared once for the absorbed
     /// decode (cpu::MlaWeights): built by prepare(), which to_runtime() calls. Immutable, so
     /// copies of the layer share it; call prepare() again after changing kv_b or wo. Without it
@@ -353,6 +360,10 @@ private:
     static void add_bias(RowMatrixXf& m, const VectorXf& b) {
         if (b.size()) m.rowwise() += b.transpose();
     }
+    /// In place: the first n values of each of T rows (stride `stride`) RMS-normalised, times w.
+    static void rms_norm_rows(float* x, std::int64_t T, int n, int stride, const VectorXf& w, double eps) {
+        for (std::int64_t t = 0; t < T; ++t) rms_norm(x + t * stride, 1, n, w.data(), eps, x + t * stride);
+    }
 
     void run_attention(const GqaAttention& at, const RowMatrixXf& xn, std::int64_t T, LayerCache& c,
                        RowMatrixXf& out) const {
@@ -406,6 +417,7 @@ private:
             RowMatrixXf qa(T, at.q_lora_rank);
             qa.noalias() = xn * at.wq.transpose();
             add_bias(qa, at.bq);
+            if (at.q_norm.size()) rms_norm_rows(qa.data(), T, at.q_lora_rank, at.q_lora_rank, at.q_norm, at.q_norm_eps);
             q.noalias() = qa * at.wq_b.transpose();
             add_bias(q, at.bq_b);
         } else {
@@ -415,6 +427,7 @@ private:
         RowMatrixXf kva(T, r + dr);
         kva.noalias() = xn * at.kv_a.transpose();
         add_bias(kva, at.bkv_a);
+        if (at.kv_norm.size()) rms_norm_rows(kva.data(), T, r, r + dr, at.kv_norm, at.kv_norm_eps);
         const std::int64_t p0 = c.size;
         const RopeRun rr(at.inv_freq, p0, T, at.rope_attention_factor);
         for (std::int64_t t = 0; t < T; ++t) {
