@@ -1,6 +1,8 @@
-// convert_model — converts every attention layer of a Llama-family GGUF model (default:
-// SmolLM2-135M-Instruct) from GQA to MLA, evaluates the perplexity before and after, and writes a
-// JSON report (per-layer conversion report, perplexities, KV bytes per token, timings).
+// convert_model (installed as transmla-convert) — converts every attention layer of a
+// Llama-family GGUF model (default: SmolLM2-135M-Instruct) from GQA to MLA, evaluates the
+// perplexity before and after, writes a JSON report (per-layer conversion report, perplexities,
+// KV bytes per token, timings) and, with --out, the converted model for stock engines: a
+// llama.cpp `deepseek2` GGUF (FILE.gguf) or a Hugging Face DeepSeek-V3 directory.
 //
 //   convert_model --help     (every option, its type, range and default)
 //
@@ -17,6 +19,8 @@
 #include "transmla/io/gguf.hpp"
 #include "transmla/io/tokenizer.hpp"
 #include "transmla/model/convert_model.hpp"
+#include "transmla/model/export_gguf.hpp"
+#include "transmla/model/export_hf.hpp"
 #include "transmla/model/gguf_loader.hpp"
 #include "transmla/model/perplexity.hpp"
 #include "transmla/model/report.hpp"
@@ -45,6 +49,7 @@ struct Args {
     int calib_seqs = 16, calib_len = 256;
     std::int64_t eval_tokens = 10000, window = 512;
     std::string report = "convert_report.json";
+    std::string out, format, dtype = "f32", hf_engine = "transformers";
 };
 
 /// An option transform that accepts exactly the names of `m` (help and errors list them).
@@ -127,6 +132,19 @@ int parse(int argc, char** argv, Args& a) {
         ->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 24))
         ->capture_default_str();
     app.add_option("--report", a.report, "the JSON report to write (atomically)")->capture_default_str();
+    app.add_option("--out", a.out,
+                   "write the converted model for stock engines: FILE.gguf (llama.cpp deepseek2) or a directory "
+                   "(Hugging Face DeepSeek-V3, for transformers / vLLM / SGLang)");
+    app.add_option("--format", a.format, "output format (default: from the --out name)")
+        ->check(CLI::IsMember({"gguf", "hf"}));
+    app.add_option("--dtype", a.dtype, "storage type of the exported matrices (hf: f32 or bf16)")
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}))
+        ->capture_default_str();
+    app.add_option("--hf-engine", a.hf_engine,
+                   "engine a Hugging Face directory is for: its latent-norm epsilon (transformers: 1e-6; vllm, "
+                   "also SGLang: rms_norm_eps)")
+        ->check(CLI::IsMember({"transformers", "vllm"}))
+        ->capture_default_str();
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -182,6 +200,27 @@ int main(int argc, char** argv) try {
         require(a.opt.mha2mla_latent_dim > 0, "--budget ", a.budget, " leaves no latent dims after r_m = ", rm);
     }
     model::validate_conversion(original, a.opt);
+    // The export's own refusals, before any work: what stock DeepSeek code cannot express.
+    bool hf_out = false;
+    if (!a.out.empty()) {
+        hf_out = a.format.empty() ? !(a.out.size() > 5 && a.out.substr(a.out.size() - 5) == ".gguf") : a.format == "hf";
+        if (hf_out) {
+            require(a.dtype == "f32" || a.dtype == "bf16", "--dtype ", a.dtype, " is not available for a Hugging Face "
+                    "directory: allowed values are f32, bf16 (the scaled latent is below f16's range)");
+            model::check_output_file(a.out + ".probe", "--out");  // the parent directory exists and is writable
+        } else {
+            model::check_output_file(a.out, "--out");
+        }
+        require(a.opt.method != convert::Method::mha2mla, "--out: an MHA2MLA model has one latent per KV head, "
+                "which stock DeepSeek code cannot run; export --method transmla or exact");
+        for (std::size_t l = 0; l < original.layers.size(); ++l)
+            require(std::get<model::GqaAttention>(original.layers[l].attn).bqkv.size() == 0, "--out: layer ", l,
+                    " of the model has q/k/v biases (a Qwen2-style model); stock DeepSeek code has no attention biases, "
+                    "so the converted model cannot be exported to it");
+        require(a.opt.method != convert::Method::exact || cfg.n_kv == 1, "--out: an exact conversion of a model "
+                "with ", cfg.n_kv, " KV heads repeats every RoPE frequency ", cfg.n_kv, " times, which stock DeepSeek "
+                "code (one geometric RoPE table) cannot express; use --method transmla");
+    }
 
     const auto calib_tokens = tok.encode(calib_text, false);
     const auto eval_tokens = tok.encode(eval_text, false);
@@ -251,6 +290,21 @@ int main(int argc, char** argv) try {
                                          {"bytes_bf16_original", 2 * kv0},
                                          {"bytes_bf16_converted", 2 * kv1},
                                          {"fraction", kv1 / kv0}};
+    if (!a.out.empty()) {
+        const auto t_out = std::chrono::steady_clock::now();
+        const auto dt = model::parse_export_dtype(a.dtype);
+        if (hf_out) {
+            model::HfExportOptions ho;
+            ho.dtype = dt;
+            ho.engine = a.hf_engine == "vllm" ? model::HfEngine::vllm : model::HfEngine::transformers;
+            model::write_deepseek_v3_dir(conv.model, a.out, ho);
+        } else {
+            model::write_deepseek2_gguf(conv.model, file, a.out, dt);
+        }
+        std::printf("wrote %s (%s, %s) in %.2f s\n", a.out.c_str(), hf_out ? "Hugging Face DeepSeek-V3" : "GGUF deepseek2",
+                    a.dtype.c_str(), since(t_out));
+        j["output"] = {{"path", a.out}, {"format", hf_out ? "hf" : "gguf"}, {"dtype", a.dtype}};
+    }
     model::write_json_file(a.report, j);
     std::printf("report: %s\n", a.report.c_str());
     return 0;

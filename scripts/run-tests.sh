@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # README command 2 (and CI: .ci/run runs it verbatim): installs what is missing, fetches the real
 # model, then
-#   1. builds everything with g++ and warnings as errors and runs every test (CTest); on a host
+#   1. builds everything with g++ and warnings as errors and runs every test (CTest), the export
+#      test among them (converted models run in stock llama.cpp, which is built here once per
+#      machine and cached); on a host
 #      without AVX-512 the benchmarks and the examples no test runs are left to step 2, and the
 #      header self-containment test is left to step 4 (clang) everywhere;
 #   2. on a host without AVX-512, compiles the host programs (the examples and the benchmarks,
@@ -30,6 +32,12 @@ host_ok=$([ $avx512 = 1 ] && echo ON || echo OFF)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DTRANSMLA_WERROR=ON -DTRANSMLA_BUILD_BENCH=$host_ok \
       -DTRANSMLA_DEMOS_IN_ALL=$host_ok -DTRANSMLA_HEADER_CHECK=OFF
 cmake --build build -j"$jobs"
+# Stock llama.cpp for the engine test (label export): built once per CPU kind and compiler from the
+# llama-cpp-python 0.3.36 sdist on PyPI, cached under ~/.cache/transmla (scripts/build-llama-cpp.sh).
+stage "1/4 llama.cpp for the export test (cached)"
+TRANSMLA_LLAMA_CPP_BIN="$(bash scripts/build-llama-cpp.sh | tail -n 1)"
+export TRANSMLA_LLAMA_CPP_BIN
+stage "1/4 all tests"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 stage "2/4 AVX-512 compile check of the host programs"

@@ -4,6 +4,7 @@
 #include "transmla/model/convert_model.hpp"
 #include "transmla/model/deepseek.hpp"
 #include "transmla/model/export_gguf.hpp"
+#include "transmla/model/export_hf.hpp"
 
 #include "random_model.hpp"
 #include "test_util.hpp"
@@ -235,4 +236,36 @@ TEST_CASE("A failing write (full disk) leaves no file and does not touch an exis
     CHECK(dir.entries() == 1);
     // an unwritable target directory
     CHECK_THROWS_AS(model::write_deepseek2_gguf(m, tokf, dir / "no/such/dir/m.gguf"), transmla::error);
+}
+
+TEST_CASE("DeepSeek-V3 directory: sharded, read back with transformers' epsilon, replaces an old one only when done") {
+    const auto m = transmla_model(2, 12);
+    TempDir dir;
+    const std::string out = dir / "hf";
+    fs::create_directories(out);
+    { std::ofstream(fs::path(out) / "stale.txt") << "old"; }
+    model::HfExportOptions o;
+    o.shard_bytes = 4096;  // force several shards
+    model::write_deepseek_v3_dir(m, out, o);
+    CHECK(!fs::exists(fs::path(out) / "stale.txt"));
+    CHECK(fs::exists(fs::path(out) / "model.safetensors.index.json"));
+    CHECK(fs::exists(fs::path(out) / "model-00001-of-00002.safetensors") == false);  // far more than two
+    CHECK(dir.entries() == 1);
+    const auto back = model::load_deepseek_v3_dir(out);
+    const auto tok = random_tokens(20, 61);
+    const auto want = logits_of(m, tok);
+    CHECK(rel_diff(logits_of(back, tok), want) < 2e-6);
+    // bf16 in one file
+    o.shard_bytes = 5ull << 30;
+    o.dtype = model::ExportDtype::bf16;
+    model::write_deepseek_v3_dir(m, out, o);
+    CHECK(fs::exists(fs::path(out) / "model.safetensors"));
+    CHECK(rel_diff(logits_of(model::load_deepseek_v3_dir(out), tok), want) < 5e-2);
+    // dtypes the format or the scaled latent cannot take, before anything is written
+    for (const auto dt : {model::ExportDtype::f16, model::ExportDtype::q8_0}) {
+        o.dtype = dt;
+        CHECK_THROWS_AS(model::write_deepseek_v3_dir(m, dir / "other", o), transmla::error);
+        CHECK(!fs::exists(dir / "other"));
+    }
+    CHECK(dir.entries() == 1);
 }
