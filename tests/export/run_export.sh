@@ -3,7 +3,9 @@
 # run in stock upstream llama.cpp (built by scripts/build-llama-cpp.sh from the llama-cpp-python
 # 0.3.36 source distribution on PyPI), and their numbers there must match:
 #   * mqa-exact.gguf (`deepseek2`, an exact conversion) against mqa.gguf (`llama`, the original):
-#     llama-perplexity within 0.1 %, and the same 64 greedy tokens (llama-simple);
+#     llama-perplexity within 0.1 %, and the same 64 greedy tokens (llama-completion);
+#   both with an F32 KV cache and flash attention off (with it on, llama.cpp keeps the cache in F16),
+#   so neither run quantises weights or activations;
 #   * transmla50.gguf / transmla31.gguf against this library's in-memory perplexity of the same
 #     converted models, scored as llama-perplexity scores: within 0.5 %.
 # Usage: run_export.sh EXPORT_MODELS_BINARY WORKDIR
@@ -26,7 +28,7 @@ if [[ ! -f "$model" ]]; then
     exit 0
 fi
 llama="${TRANSMLA_LLAMA_CPP_BIN:-$(bash "$root/scripts/build-llama-cpp.sh" | tail -n 1)}"
-for t in llama-perplexity llama-simple; do
+for t in llama-perplexity llama-completion; do
     [[ -x "$llama/$t" ]] || { echo "run_export: $llama/$t is missing" >&2; exit 1; }
 done
 
@@ -37,14 +39,15 @@ echo "== export_models (this library: convert, export, read back, perplexity)"
 
 ppl() {  # ppl NAME: llama-perplexity of models/NAME.gguf, log in work/NAME.ppl.log
     "$llama/llama-perplexity" -m "$work/models/$1.gguf" -f "$work/models/eval.txt" -c "$ctx" -b "$ctx" \
-        --chunks "$chunks" -t "$threads" -ctk f32 -ctv f32 -lv 4 >"$work/$1.ppl.log" 2>&1 ||
+        --chunks "$chunks" -t "$threads" -ctk f32 -ctv f32 -fa off --no-warmup -lv 4 >"$work/$1.ppl.log" 2>&1 ||
         { tail -n 30 "$work/$1.ppl.log" >&2; echo "run_export: llama-perplexity failed on $1" >&2; exit 1; }
     sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$work/$1.ppl.log" | tail -n 1
 }
-gen() {  # gen NAME: 64 greedy tokens of llama-simple
-    "$llama/llama-simple" -m "$work/models/$1.gguf" -n 64 "The GNU General Public License is" \
-        >"$work/$1.gen.txt" 2>"$work/$1.gen.log" ||
-        { tail -n 30 "$work/$1.gen.log" >&2; echo "run_export: llama-simple failed on $1" >&2; exit 1; }
+gen() {  # gen NAME: 64 greedy tokens (llama-completion, F32 cache, no flash attention)
+    "$llama/llama-completion" -m "$work/models/$1.gguf" -p "The GNU General Public License is" -n 64 --temp 0 \
+        --top-k 1 --ignore-eos -no-cnv --no-warmup --no-display-prompt -t "$threads" -c 256 -ctk f32 -ctv f32 \
+        -fa off </dev/null >"$work/$1.gen.txt" 2>"$work/$1.gen.log" ||
+        { tail -n 30 "$work/$1.gen.log" >&2; echo "run_export: llama-completion failed on $1" >&2; exit 1; }
     cat "$work/$1.gen.txt"
 }
 
@@ -78,7 +81,7 @@ check("TransMLA 50 % in llama.cpp vs this library", l50, ref["transmla50"]["perp
 check("TransMLA 31.25 % in llama.cpp vs this library", l31, ref["transmla31"]["perplexity"], 5e-3)
 same = g0 == g1 and len(g0) > 0
 ok &= same
-print(f"{'ok  ' if same else 'FAIL'} 64 greedy tokens of the exact deepseek2 file equal the original's")
+print(f"{'ok  ' if same else 'FAIL'} 64 greedy tokens of the exact deepseek2 file equal the original's: {g1[:60]!r}...")
 if not same:
     print("original:", repr(g0)); print("exported:", repr(g1))
 sys.exit(0 if ok else 1)
