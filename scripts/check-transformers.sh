@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The transformers half of the engine check (issue: torch does not fit the CI budget, see
+# The transformers half of the engine check (outside CI: torch does not fit the CI budget, see
 # bench/RESULTS.md): stock Hugging Face transformers runs the DeepSeek-V3 directory that the engine
 # test wrote (tests/export/export_models: transmla50-hf/) and its logits are compared with this
 # library's logits of the same converted model on the same tokens.

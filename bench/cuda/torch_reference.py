@@ -6,7 +6,7 @@ Times, on the same GPU and for the same shapes and names as bench_cuda:
   * absorbed MLA decode with a plain PyTorch reference (bmm for Q·Kᵀ over the [c | k_pe] rows,
     f32 softmax, bmm with the first r columns),
 with CUDA events, warm-up and the median of the repetitions, and reports GB/s, TFLOP/s and % of
-the time floor with the DESIGN §5 formulas against ceilings measured the same way as bench_cuda
+the time floor with the formulas of docs/performance.md against ceilings measured the same way as bench_cuda
 (a 1 GiB device-to-device copy; a bf16 8192³ matmul).
 
 With --bench-json FILE (the output of `bench_cuda --benchmark_format=json` or
