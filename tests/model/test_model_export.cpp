@@ -86,6 +86,13 @@ TEST_CASE("to_deepseek: stock DeepSeek computation equals the converted model (q
         const auto ck = model::to_deepseek(m);
         CHECK(ck.config.qk_rope_head_dim == 8);
         CHECK(ck.config.q_lora_rank == ql);
+        // the latent rank 24 is padded to 32 with zero dimensions, and without padding it stays 24
+        CHECK(std::get<model::MlaAttention>(m.layers[0].attn).rank == 24);
+        CHECK(ck.config.kv_lora_rank == 32);
+        model::DeepseekExportOptions unpadded;
+        unpadded.latent_multiple = 1;
+        const auto ck1 = model::to_deepseek(m, unpadded);
+        CHECK(ck1.config.kv_lora_rank == 24);
         // the linearised norm: weights sqrt(ε)/s, latent rows scaled by s, s a power of two
         const auto& L = ck.layers[0];
         const float s = L.kv_a_proj_with_mqa(0, 0) / std::get<model::MlaAttention>(m.layers[0].attn).kv_a(0, 0);
@@ -96,6 +103,7 @@ TEST_CASE("to_deepseek: stock DeepSeek computation equals the converted model (q
         const double d = rel_diff(logits_of(back, tok), logits_of(m, tok));
         CAPTURE(d);
         CHECK(d < 2e-6);
+        CHECK(rel_diff(logits_of(model::from_deepseek(ck1), tok), logits_of(m, tok)) < 2e-6);
         // and the absorbed decode of the reloaded model token by token
         auto c0 = m.make_cache(24), c1 = back.make_cache(24);
         for (const auto t : tok) {
