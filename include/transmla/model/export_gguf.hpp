@@ -83,6 +83,37 @@ inline void set_u32(io::GgufWriter& w, const std::string& k, std::int64_t v) {
 }
 inline void set_f32(io::GgufWriter& w, const std::string& k, double v) { w.set(k, io::GgufValue::f32(float(v))); }
 
+/// The keys both writers set: `arch`.* hyper-parameters, general.*, and the copied tokenizer.
+struct CommonKeys {
+    std::string arch, name;
+    std::int64_t context = 0, hidden = 0, layers = 0, ff = 0, heads = 0, heads_kv = 0, rope_dims = 0, vocab = 0;
+    double rope_base = 10000.0, rope_linear_factor = 1.0, rms_eps = 1e-6;
+};
+inline void set_common(io::GgufWriter& w, const CommonKeys& k, ExportDtype dtype, const io::GgufFile& tokenizer_source) {
+    const std::string a = k.arch + ".";
+    w.set("general.architecture", io::GgufValue::string(k.arch));
+    w.set("general.name", io::GgufValue::string(k.name));
+    set_u32(w, "general.file_type", dtype == ExportDtype::f32    ? 0
+                                    : dtype == ExportDtype::f16  ? 1
+                                    : dtype == ExportDtype::q8_0 ? 7
+                                                                 : 32);  // llama_ftype: MOSTLY_BF16
+    set_u32(w, a + "context_length", k.context);
+    set_u32(w, a + "embedding_length", k.hidden);
+    set_u32(w, a + "block_count", k.layers);
+    set_u32(w, a + "feed_forward_length", k.ff);
+    set_u32(w, a + "attention.head_count", k.heads);
+    set_u32(w, a + "attention.head_count_kv", k.heads_kv);
+    set_f32(w, a + "rope.freq_base", k.rope_base);
+    if (std::abs(k.rope_linear_factor - 1.0) > 1e-12) {
+        w.set(a + "rope.scaling.type", io::GgufValue::string("linear"));
+        set_f32(w, a + "rope.scaling.factor", k.rope_linear_factor);
+    }
+    set_f32(w, a + "attention.layer_norm_rms_epsilon", k.rms_eps);
+    set_u32(w, a + "rope.dimension_count", k.rope_dims);
+    set_u32(w, a + "vocab_size", k.vocab);
+    copy_tokenizer(w, tokenizer_source);
+}
+
 }  // namespace detail
 
 /// Writes `ck` (to_deepseek() of a converted model, with latent_norm_eps = the model's rms_eps:
@@ -96,23 +127,12 @@ inline void write_deepseek2_gguf(const DeepseekCheckpoint& ck, const io::GgufFil
             c.rms_eps, " to them (pass latent_norm_eps = rms_eps to to_deepseek)");
     require(c.qk_nope_head_dim >= 1, "write_deepseek2_gguf: llama.cpp needs qk_nope_head_dim >= 1");
     io::GgufWriter w;
+    detail::set_common(w, {"deepseek2", c.name, c.max_positions, c.hidden, c.layers, c.intermediate, c.heads,
+                           1,  // absorbed MLA is MQA over [c | k_pe]
+                           c.qk_rope_head_dim, c.vocab, c.rope_base, c.rope_linear_factor, c.rms_eps},
+                       dtype, tokenizer_source);
     const std::string a = "deepseek2.";
-    w.set("general.architecture", io::GgufValue::string("deepseek2"));
-    w.set("general.name", io::GgufValue::string(c.name));
-    using detail::set_f32;
     using detail::set_u32;
-    set_u32(w, a + "context_length", c.max_positions);
-    set_u32(w, a + "embedding_length", c.hidden);
-    set_u32(w, a + "block_count", c.layers);
-    set_u32(w, a + "feed_forward_length", c.intermediate);
-    set_u32(w, a + "attention.head_count", c.heads);
-    set_u32(w, a + "attention.head_count_kv", 1);  // absorbed MLA is MQA over [c | k_pe]
-    set_f32(w, a + "rope.freq_base", c.rope_base);
-    if (std::abs(c.rope_linear_factor - 1.0) > 1e-12) {
-        w.set(a + "rope.scaling.type", io::GgufValue::string("linear"));
-        set_f32(w, a + "rope.scaling.factor", c.rope_linear_factor);
-    }
-    set_f32(w, a + "attention.layer_norm_rms_epsilon", c.rms_eps);
     set_u32(w, a + "attention.key_length", c.kv_lora_rank + c.qk_rope_head_dim);
     set_u32(w, a + "attention.value_length", c.kv_lora_rank);
     set_u32(w, a + "attention.key_length_mla", c.qk_head_dim());
@@ -122,10 +142,6 @@ inline void write_deepseek2_gguf(const DeepseekCheckpoint& ck, const io::GgufFil
     set_u32(w, a + "leading_dense_block_count", c.layers);  // every layer dense: no experts
     set_u32(w, a + "expert_feed_forward_length", c.intermediate);
     set_u32(w, a + "expert_shared_count", 0);
-    set_u32(w, a + "rope.dimension_count", c.qk_rope_head_dim);
-    set_u32(w, a + "vocab_size", c.vocab);
-    set_u32(w, "general.file_type", dtype == ExportDtype::f32 ? 0 : dtype == ExportDtype::f16 ? 1 : dtype == ExportDtype::q8_0 ? 7 : 32);
-    detail::copy_tokenizer(w, tokenizer_source);
 
     using detail::add_matrix;
     using detail::add_vector;
@@ -192,27 +208,10 @@ inline void write_llama_gguf(const Model& m, const io::GgufFile& tokenizer_sourc
                 "architecture does not have");
     }
     io::GgufWriter w;
-    const std::string a = "llama.";
-    using detail::set_f32;
-    using detail::set_u32;
-    w.set("general.architecture", io::GgufValue::string("llama"));
-    w.set("general.name", io::GgufValue::string(c.name));
-    set_u32(w, a + "context_length", c.max_positions);
-    set_u32(w, a + "embedding_length", c.hidden);
-    set_u32(w, a + "block_count", c.layers);
-    set_u32(w, a + "feed_forward_length", c.intermediate);
-    set_u32(w, a + "attention.head_count", c.n_q);
-    set_u32(w, a + "attention.head_count_kv", c.n_kv);
-    set_f32(w, a + "rope.freq_base", c.rope.base);
-    if (c.rope.scaling == RopeScaling::linear) {
-        w.set(a + "rope.scaling.type", io::GgufValue::string("linear"));
-        set_f32(w, a + "rope.scaling.factor", c.rope.factor);
-    }
-    set_f32(w, a + "attention.layer_norm_rms_epsilon", c.rms_eps);
-    set_u32(w, a + "rope.dimension_count", c.head_dim);
-    set_u32(w, a + "vocab_size", c.vocab);
-    set_u32(w, "general.file_type", dtype == ExportDtype::f32 ? 0 : dtype == ExportDtype::f16 ? 1 : dtype == ExportDtype::q8_0 ? 7 : 32);
-    detail::copy_tokenizer(w, tokenizer_source);
+    detail::set_common(w, {"llama", c.name, c.max_positions, c.hidden, c.layers, c.intermediate, c.n_q, c.n_kv,
+                           c.head_dim, c.vocab, c.rope.base,
+                           c.rope.scaling == RopeScaling::linear ? c.rope.factor : 1.0, c.rms_eps},
+                       dtype, tokenizer_source);
     using detail::add_matrix;
     using detail::add_vector;
     using detail::matrix_type;
