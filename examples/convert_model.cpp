@@ -88,7 +88,8 @@ int parse(int argc, char** argv, Args& a) {
                                                                    {"low", convert::RopeSelection::low},
                                                                    {"uniform", convert::RopeSelection::uniform},
                                                                    {"two_norm", convert::RopeSelection::two_norm}};
-    const std::map<std::string, convert::SvdMode> svds{{"joint", convert::SvdMode::joint}, {"split", convert::SvdMode::split}};
+    const std::map<std::string, convert::SvdMode> svds{
+        {"joint", convert::SvdMode::joint}, {"split", convert::SvdMode::split}, {"per_head", convert::SvdMode::per_head}};
     app.add_option("--model", a.model, "the GGUF model to convert ($TRANSMLA_MODEL or the fetched SmolLM2 by default)")
         ->check(CLI::ExistingFile)
         ->capture_default_str();
@@ -110,7 +111,7 @@ int parse(int argc, char** argv, Args& a) {
     app.add_option("--selection", a.opt.selection, "which RoPE pairs MHA2MLA keeps")
         ->transform(names_of(selections))
         ->default_str("two_norm");
-    app.add_option("--svd", a.opt.svd, "MHA2MLA SVD of keys and values")
+    app.add_option("--svd", a.opt.svd, "MHA2MLA SVD of keys and values: joint/split over all KV heads, per_head")
         ->transform(names_of(svds))
         ->default_str("joint");
     app.add_option("--rope-dims", a.opt.mha2mla_rope_dims, "r_m: RoPE dimensions MHA2MLA keeps (default d/8)")
@@ -196,7 +197,9 @@ int main(int argc, char** argv) try {
     if (a.opt.method == convert::Method::mha2mla && a.opt.mha2mla_latent_dim == 0) {
         const int rm = a.opt.mha2mla_rope_dims ? a.opt.mha2mla_rope_dims : std::max(2, cfg.head_dim / 8);
         a.opt.mha2mla_rope_dims = rm;
-        a.opt.mha2mla_latent_dim = int(std::lround(a.budget * 2 * cfg.head_dim)) - rm;
+        // Cache per token n_kv·(r_m + d_kv) (joint, per_head) or n_kv·(r_m + 2·d_kv) (split).
+        const int left = int(std::lround(a.budget * 2 * cfg.head_dim)) - rm;
+        a.opt.mha2mla_latent_dim = a.opt.svd == convert::SvdMode::split ? left / 2 : left;
         require(a.opt.mha2mla_latent_dim > 0, "--budget ", a.budget, " leaves no latent dims after r_m = ", rm);
     }
     model::validate_conversion(original, a.opt);

@@ -275,11 +275,16 @@ TEST_CASE("bad options throw transmla::error naming the option and the allowed v
     o.uniform_start = 4;  // Δ = 4
     CHECK(contains(run(o), "uniform_start"));
     o.uniform_start = 1;
-    o.mha2mla_latent_dim = 1000;
-    CHECK(contains(run(o), "mha2mla_latent_dim"));
-    o.svd = SvdMode::split;
-    o.mha2mla_latent_dim = 7;
-    CHECK(contains(run(o), "mha2mla_latent_dim"));
+    o.mha2mla_latent_dim = 1000;  // joint: n_kv·d_kv <= min(n_kv·(2d - r_m), D) = min(56, 48)
+    m = run(o);
+    CHECK(contains(m, "mha2mla_latent_dim"));
+    CHECK(contains(m, "1 <= d_kv <= 24"));
+    o.svd = SvdMode::per_head;  // d_kv <= min(2d - r_m, D) = 28
+    o.mha2mla_latent_dim = 29;
+    CHECK(contains(run(o), "1 <= d_kv <= 28"));
+    o.svd = SvdMode::split;  // n_kv·d_kv <= min(n_kv·(d - r_m), D): d_kv <= 12
+    o.mha2mla_latent_dim = 13;
+    CHECK(contains(run(o), "1 <= d_kv <= 12"));
     o.selection = RopeSelection::two_norm;
     o.mha2mla_latent_dim = 8;
     CHECK(contains(run(o), "PairNormStats"));

@@ -1,4 +1,4 @@
-// MHA2MLA: partial-RoPE selections, per-head 2-norm sets, joint/split SVD.
+// MHA2MLA: partial-RoPE selections, per-head 2-norm sets, joint / split / per-head SVD.
 #include "synthetic.hpp"
 #include "transmla/convert/convert.hpp"
 #include "transmla/reference/reference.hpp"
@@ -152,7 +152,29 @@ TEST_CASE("2-norm selection is per KV head and matches E|q|·E|k| computed from 
     }
 }
 
-TEST_CASE("joint SVD at full rank reconstructs exactly; truncation error = dropped singular values") {
+namespace {
+/// All KV heads' no-RoPE key rows (head by head, ascending dims), as the SVD modes see them.
+Eigen::MatrixXd nope_rows(const GqaLayer& l, const Mha2MlaLayer& m) {
+    const int d = l.head_dim, nn = d - m.rope_dims;
+    Eigen::MatrixXd wn(l.n_kv * nn, l.hidden);
+    for (int h = 0; h < l.n_kv; ++h) {
+        std::vector<int> kept, nope;
+        mha2mla_dims(d, l.rope.pairing, m.rope_pairs[std::size_t(h)], kept, nope);
+        for (int e = 0; e < nn; ++e) wn.row(h * nn + e) = l.wk.row(h * d + nope[std::size_t(e)]);
+    }
+    return wn;
+}
+/// The stacked up projections [up_k^0; …; up_k^{n_kv−1}] or the value ones.
+Eigen::MatrixXd stacked(const std::vector<Eigen::MatrixXd>& ups) {
+    Eigen::Index rows = 0;
+    for (const auto& u : ups) rows += u.rows();
+    Eigen::MatrixXd s(rows, ups.front().cols());
+    for (Eigen::Index r = 0; const auto& u : ups) s.middleRows(r, u.rows()) = u, r += u.rows();
+    return s;
+}
+}  // namespace
+
+TEST_CASE("joint SVD over all KV heads: full rank is exact; truncation error = dropped singular values") {
     for (auto pr : {RopePairing::half_split, RopePairing::interleaved}) {
         const GqaLayer l = test::make_layer(spec(64, 6, 2, 16, pr, true));
         const test::InputGen gen(64);
@@ -162,44 +184,78 @@ TEST_CASE("joint SVD at full rank reconstructs exactly; truncation error = dropp
         o.method = Method::mha2mla;
         o.selection = RopeSelection::uniform;
         o.mha2mla_rope_dims = 4;
-        o.mha2mla_latent_dim = 2 * 16 - 4;  // full rank of [W_K,nope ; W_V]
+        o.mha2mla_latent_dim = 2 * 16 - 4;  // ρ = n_kv·(2d − r_m) = 56 ≤ D: the full rank of the stack
         const Mha2MlaLayer full = mha2mla(l, o);
-        CHECK(full.cache_per_token() == 2 * (4 + 28));
+        CHECK(full.latent_width == 56);
+        CHECK(full.cache_per_token() == 2 * 4 + 56);
         CHECK(rel_err(forward(full, x, pos), partial_gqa(l, full.rope_pairs, x, pos)) <= 1e-10);
         // All pairs kept (r_m = d): the GQA layer itself.
         o.mha2mla_rope_dims = 16;
         o.selection = RopeSelection::high;
         o.mha2mla_latent_dim = 16;
         CHECK(rel_err(forward(mha2mla(l, o), x, pos), forward(l, x, pos)) <= 1e-10);
-        // Truncation.
+        // Truncation: one latent of ρ = n_kv·d_kv for the stack [W_K,nope of all heads ; W_V].
         o.selection = RopeSelection::low;
         o.mha2mla_rope_dims = 4;
-        for (int rho : {1, 5, 12, 27}) {
-            o.mha2mla_latent_dim = rho;
+        for (int dkv : {1, 5, 12, 27}) {
+            o.mha2mla_latent_dim = dkv;
             const Mha2MlaLayer m = mha2mla(l, o);
+            const int rho = 2 * dkv;
+            REQUIRE(m.latent_width == rho);
             CHECK(rel_err(forward(m, x, pos), partial_gqa(l, m.rope_pairs, x, pos)) > 1e-8);
-            for (int h = 0; h < 2; ++h) {
-                std::vector<int> kept, nope;
-                mha2mla_dims(16, pr, m.rope_pairs[std::size_t(h)], kept, nope);
-                Eigen::MatrixXd w(12 + 16, 64);
-                for (int e = 0; e < 12; ++e) w.row(e) = l.wk.row(h * 16 + nope[std::size_t(e)]);
-                w.bottomRows(16) = l.wv.middleRows(h * 16, 16);
-                Eigen::MatrixXd up(28, rho);
-                up << m.w_up_k[std::size_t(h)], m.w_up_v[std::size_t(h)];
-                const double err = (w - up * m.w_down[std::size_t(h)]).squaredNorm();
-                const Eigen::VectorXd sv = Eigen::JacobiSVD<Eigen::MatrixXd>(w).singularValues();
-                const double dropped = sv.tail(28 - rho).squaredNorm();
-                INFO("rho " << rho << " err " << err << " dropped " << dropped);
-                CHECK(err == doctest::Approx(dropped).epsilon(1e-9).scale(sv(0) * sv(0)));
-                // Down projection has orthonormal rows (V_ρᵀ).
-                CHECK((m.w_down[std::size_t(h)] * m.w_down[std::size_t(h)].transpose() -
-                       Eigen::MatrixXd::Identity(rho, rho)).cwiseAbs().maxCoeff() <= 1e-12);
-            }
+            Eigen::MatrixXd w(24 + 32, 64), up(24 + 32, rho);
+            w << nope_rows(l, m), l.wv;
+            up << stacked(m.w_up_k), stacked(m.w_up_v);
+            const double err = (w - up * m.w_down).squaredNorm();
+            const Eigen::VectorXd sv = Eigen::JacobiSVD<Eigen::MatrixXd>(w).singularValues();
+            const double dropped = sv.tail(56 - rho).squaredNorm();
+            INFO("d_kv " << dkv << " err " << err << " dropped " << dropped);
+            CHECK(err == doctest::Approx(dropped).epsilon(1e-9).scale(sv(0) * sv(0)));
+            // Down projection has orthonormal rows (V_ρᵀ).
+            CHECK((m.w_down * m.w_down.transpose() - Eigen::MatrixXd::Identity(rho, rho)).cwiseAbs().maxCoeff() <= 1e-12);
         }
     }
 }
 
-TEST_CASE("split SVD at ρ/2 per part has the same cache as joint at ρ; errors are per part") {
+TEST_CASE("per-head SVD: block-diagonal latent of the same cache, never a smaller weight error than joint") {
+    const GqaLayer l = test::make_layer(spec(64, 6, 3, 16, RopePairing::half_split, false));
+    ConvertOptions o;
+    o.method = Method::mha2mla;
+    o.selection = RopeSelection::high;
+    o.mha2mla_rope_dims = 4;
+    for (int dkv : {2, 7, 15}) {
+        o.mha2mla_latent_dim = dkv;
+        o.svd = SvdMode::joint;
+        const Mha2MlaLayer joint = mha2mla(l, o);
+        o.svd = SvdMode::per_head;
+        const Mha2MlaLayer ph = mha2mla(l, o);
+        CHECK(ph.cache_per_token() == joint.cache_per_token());
+        Eigen::MatrixXd w(3 * 12 + 48, 64);
+        w << nope_rows(l, joint), l.wv;
+        auto err = [&](const Mha2MlaLayer& m) {
+            Eigen::MatrixXd up(w.rows(), m.latent_width);
+            up << stacked(m.w_up_k), stacked(m.w_up_v);
+            return (w - up * m.w_down).squaredNorm();
+        };
+        double per_head_dropped = 0;
+        for (int h = 0; h < 3; ++h) {
+            Eigen::MatrixXd wh(12 + 16, 64);
+            wh << nope_rows(l, joint).middleRows(h * 12, 12), l.wv.middleRows(h * 16, 16);
+            per_head_dropped += Eigen::JacobiSVD<Eigen::MatrixXd>(wh).singularValues().tail(28 - dkv).squaredNorm();
+            // Head h's up projections read only its own block of the latent.
+            for (int c = 0; c < ph.latent_width; ++c)
+                if (c / dkv != h) {
+                    CHECK(ph.w_up_k[std::size_t(h)].col(c).cwiseAbs().maxCoeff() == 0.0);
+                    CHECK(ph.w_up_v[std::size_t(h)].col(c).cwiseAbs().maxCoeff() == 0.0);
+                }
+        }
+        INFO("d_kv " << dkv << " joint " << err(joint) << " per head " << err(ph));
+        CHECK(err(ph) == doctest::Approx(per_head_dropped).epsilon(1e-9));
+        CHECK(err(joint) < err(ph));  // random heads: strictly better
+    }
+}
+
+TEST_CASE("split SVD (the official convention): rank n_kv·d_kv for the keys and for the values, latent 2·n_kv·d_kv") {
     const GqaLayer l = test::make_layer(spec(64, 4, 2, 16, RopePairing::half_split, false));
     const test::InputGen gen(64);
     const Eigen::MatrixXd x = gen.tokens(9, 0);
@@ -207,26 +263,23 @@ TEST_CASE("split SVD at ρ/2 per part has the same cache as joint at ρ; errors 
     o.method = Method::mha2mla;
     o.selection = RopeSelection::high;
     o.mha2mla_rope_dims = 4;
-    o.mha2mla_latent_dim = 8;
-    const Mha2MlaLayer joint = mha2mla(l, o);
+    o.mha2mla_latent_dim = 4;
     o.svd = SvdMode::split;
     const Mha2MlaLayer split = mha2mla(l, o);
-    CHECK(split.cache_per_token() == joint.cache_per_token());
-    CHECK(mha2mla_cache_rows(split, x).cols() == mha2mla_cache_rows(joint, x).cols());
-    CHECK(mha2mla_cache_rows(split, x).cols() == 2 * (4 + 8));
+    CHECK(split.latent_width == 2 * 2 * 4);
+    CHECK(split.cache_per_token() == 2 * 4 + 16);
+    CHECK(mha2mla_cache_rows(split, x).cols() == 2 * 4 + 16);
+    const Eigen::MatrixXd wn = nope_rows(l, split);  // 24 × 64
+    const auto svk = Eigen::JacobiSVD<Eigen::MatrixXd>(wn).singularValues();
+    const auto svv = Eigen::JacobiSVD<Eigen::MatrixXd>(l.wv).singularValues();
+    CHECK((wn - stacked(split.w_up_k) * split.w_down).squaredNorm() ==
+          doctest::Approx(svk.tail(24 - 8).squaredNorm()).epsilon(1e-9));
+    CHECK((l.wv - stacked(split.w_up_v) * split.w_down).squaredNorm() ==
+          doctest::Approx(svv.tail(32 - 8).squaredNorm()).epsilon(1e-9));
     for (int h = 0; h < 2; ++h) {
-        Eigen::MatrixXd wn(12, 64);
-        for (int e = 0; e < 12; ++e) wn.row(e) = l.wk.row(h * 16 + (e < 6 ? 2 + e : e + 4));  // high: dims 0,1,8,9 kept
-        const Eigen::MatrixXd wv = l.wv.middleRows(h * 16, 16);
-        const auto svk = Eigen::JacobiSVD<Eigen::MatrixXd>(wn).singularValues();
-        const auto svv = Eigen::JacobiSVD<Eigen::MatrixXd>(wv).singularValues();
-        CHECK((wn - split.w_up_k[std::size_t(h)] * split.w_down[std::size_t(h)]).squaredNorm() ==
-              doctest::Approx(svk.tail(12 - 4).squaredNorm()).epsilon(1e-9));
-        CHECK((wv - split.w_up_v[std::size_t(h)] * split.w_down[std::size_t(h)]).squaredNorm() ==
-              doctest::Approx(svv.tail(16 - 4).squaredNorm()).epsilon(1e-9));
-        // The key up projection reads only the key half of the latent, the value one the other.
-        CHECK(split.w_up_k[std::size_t(h)].rightCols(4).cwiseAbs().maxCoeff() == 0.0);
-        CHECK(split.w_up_v[std::size_t(h)].leftCols(4).cwiseAbs().maxCoeff() == 0.0);
+        // The key up projections read only the key half of the latent, the value ones the other.
+        CHECK(split.w_up_k[std::size_t(h)].rightCols(8).cwiseAbs().maxCoeff() == 0.0);
+        CHECK(split.w_up_v[std::size_t(h)].leftCols(8).cwiseAbs().maxCoeff() == 0.0);
     }
     // Through convert_layer: the report's errors are the calibration reconstruction errors.
     CalibrationStats st(64);
@@ -234,6 +287,7 @@ TEST_CASE("split SVD at ρ/2 per part has the same cache as joint at ρ; errors 
     HeldOut held{gen.tokens(10, 0), test::iota_positions(10)};
     const ConvertResult r = convert_layer(l, st, nullptr, o, &held);
     CHECK(r.report.cache_converted == 24);
+    CHECK(r.report.rank == 16);
     CHECK(r.report.cache_original == 64);
     CHECK(r.report.key_error > 0);
     CHECK(r.report.key_error < 1);

@@ -151,13 +151,13 @@ TEST_CASE("Runtime partial-RoPE, MLA (naive and absorbed) layers equal convert's
             TRANSMLA_CHECK_CLOSE(run_layer(m, m.layers[0].attn, x), flat(convert::forward(gqa, x, pos)), 2e-5);
         }
     }
-    SUBCASE("MHA2MLA, every selection, joint and split SVD") {
+    SUBCASE("MHA2MLA, every selection, every SVD mode") {
         convert::PairNormStats norms(gqa.n_q, gqa.n_kv, gqa.head_dim, gqa.rope.pairing);
         Eigen::MatrixXd q = calib * gqa.wq.transpose(), k = calib * gqa.wk.transpose();
         norms.add(q, k);
         for (const auto sel : {convert::RopeSelection::high, convert::RopeSelection::low, convert::RopeSelection::uniform,
                                convert::RopeSelection::two_norm})
-            for (const auto svd : {convert::SvdMode::joint, convert::SvdMode::split}) {
+            for (const auto svd : {convert::SvdMode::joint, convert::SvdMode::split, convert::SvdMode::per_head}) {
                 convert::ConvertOptions o;
                 o.method = convert::Method::mha2mla;
                 o.selection = sel, o.svd = svd, o.mha2mla_rope_dims = 4, o.mha2mla_latent_dim = 6;
@@ -165,7 +165,7 @@ TEST_CASE("Runtime partial-RoPE, MLA (naive and absorbed) layers equal convert's
                 CAPTURE(convert::to_string(sel));
                 CAPTURE(convert::to_string(svd));
                 const model::Attention at = model::to_runtime(l);
-                CHECK(model::cache_width(at) == 2 * (4 + 6));
+                CHECK(model::cache_width(at) == 2 * (4 + (svd == convert::SvdMode::split ? 12 : 6)));
                 for (const bool kernels : {true, false}) {
                     m.use_cpu_kernels = kernels;
                     TRANSMLA_CHECK_CLOSE(run_layer(m, at, x), flat(convert::forward(l, x, pos)), 2e-5);

@@ -46,6 +46,7 @@ inline int validate_options(const GqaLayer& l, const ConvertOptions& o) {
         case Method::mha2mla: {
             const int rm = o.mha2mla_rope_dims ? o.mha2mla_rope_dims : std::max(2, d / 8);
             check_mha2mla_rope_dims(d, rm, o.selection, o.uniform_start);
+            check_mha2mla_latent_dim(o.svd, l.n_kv, d, rm, l.hidden, o.mha2mla_latent_dim ? o.mha2mla_latent_dim : d / 2);
             return 0;
         }
         case Method::transmla: {
@@ -134,7 +135,7 @@ inline ConvertResult convert_layer(const GqaLayer& l, const CalibrationStats& or
     res.report.cache_original = l.cache_per_token();
     res.mha2mla = mha2mla(l, o, norms);
     res.report.rope_dim = res.mha2mla.rope_dims;
-    res.report.rank = res.mha2mla.latent_dim;
+    res.report.rank = res.mha2mla.latent_width;
     mha2mla_errors(l, res.mha2mla, original, res.report.key_error, res.report.value_error);
     res.report.cache_converted = res.mha2mla.cache_per_token();
     if (held_out) res.report.attn_output_error = attention_output_error(l, res.mha2mla, *held_out);

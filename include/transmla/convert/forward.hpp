@@ -316,16 +316,18 @@ inline void mha2mla_dims(int d, RopePairing pairing, const std::vector<int>& pai
         if (!is_kept[std::size_t(e)]) nope.push_back(e);
 }
 
-/// The cache rows of an MHA2MLA layer: per token, per KV head, [k_rope_h (r_m, not yet rotated) |
-/// c_h (d_kv)]; n_kv·(r_m + d_kv) values.
+/// The cache rows of an MHA2MLA layer: per token [k_rope_0 | … | k_rope_{n_kv−1} (r_m each, not
+/// yet rotated) | c (ρ)]; n_kv·r_m + ρ values.
 inline RowMatrix mha2mla_cache_rows(const Mha2MlaLayer& l, const Eigen::Ref<const MatrixXd>& x) {
-    const int w = l.rope_dims + l.latent_dim;
-    RowMatrix rows(x.rows(), Eigen::Index(l.n_kv) * w);
-    for (int h = 0; h < l.n_kv; ++h) {
-        rows.middleCols(Eigen::Index(h) * w, l.rope_dims) =
+    const int rm = l.rope_dims;
+    const Eigen::Index nr = Eigen::Index(l.n_kv) * rm;
+    require(l.w_down.rows() == l.latent_width && l.w_down.cols() == l.hidden, "mha2mla_cache_rows: w_down is ",
+            l.w_down.rows(), " x ", l.w_down.cols(), ", expected latent_width x D = ", l.latent_width, " x ", l.hidden);
+    RowMatrix rows(x.rows(), nr + l.latent_width);
+    for (int h = 0; h < l.n_kv; ++h)
+        rows.middleCols(Eigen::Index(h) * rm, rm) =
             detail::linear(x, l.w_k_rope[std::size_t(h)], l.b_k_rope[std::size_t(h)]);
-        rows.middleCols(Eigen::Index(h) * w + l.rope_dims, l.latent_dim) = x * l.w_down[std::size_t(h)].transpose();
-    }
+    rows.rightCols(l.latent_width) = x * l.w_down.transpose();
     return rows;
 }
 
@@ -333,11 +335,12 @@ inline RowMatrix mha2mla_cache_rows(const Mha2MlaLayer& l, const Eigen::Ref<cons
 inline RowMatrix forward(const Mha2MlaLayer& l, const Eigen::Ref<const MatrixXd>& x,
                          std::span<const std::int64_t> positions) {
     detail::check_input("forward(Mha2MlaLayer)", x.cols(), x.rows(), l.hidden, positions);
-    const int d = l.head_dim, g = l.group(), rm = l.rope_dims, dk = l.latent_dim;
-    require(int(l.rope_pairs.size()) == l.n_kv && int(l.w_down.size()) == l.n_kv && int(l.w_up_k.size()) == l.n_kv &&
-                int(l.w_up_v.size()) == l.n_kv && int(l.w_k_rope.size()) == l.n_kv,
+    const int d = l.head_dim, g = l.group(), rm = l.rope_dims;
+    require(int(l.rope_pairs.size()) == l.n_kv && int(l.w_up_k.size()) == l.n_kv && int(l.w_up_v.size()) == l.n_kv &&
+                int(l.w_k_rope.size()) == l.n_kv,
             "forward(Mha2MlaLayer): per-KV-head vectors must have n_kv = ", l.n_kv, " entries");
     const RowMatrix cache = mha2mla_cache_rows(l, x);
+    const auto c = cache.rightCols(l.latent_width);
     RowMatrix q = detail::linear(x, l.wq, l.bq);
     RowMatrix o(x.rows(), Eigen::Index(l.n_q) * d);
     std::vector<int> kept, nope;
@@ -346,11 +349,10 @@ inline RowMatrix forward(const Mha2MlaLayer& l, const Eigen::Ref<const MatrixXd>
         mha2mla_dims(d, l.pairing, pairs, kept, nope);
         require(int(kept.size()) == rm, "forward(Mha2MlaLayer): KV head ", h, " keeps ", kept.size(),
                 " dims, rope_dims is ", rm);
-        const auto ch = cache.middleCols(Eigen::Index(h) * (rm + dk) + rm, dk);
-        const RowMatrix kn = detail::linear(ch, l.w_up_k[std::size_t(h)], l.b_up_k[std::size_t(h)]);
-        const RowMatrix vh = detail::linear(ch, l.w_up_v[std::size_t(h)], l.b_up_v[std::size_t(h)]);
+        const RowMatrix kn = detail::linear(c, l.w_up_k[std::size_t(h)], l.b_up_k[std::size_t(h)]);
+        const RowMatrix vh = detail::linear(c, l.w_up_v[std::size_t(h)], l.b_up_v[std::size_t(h)]);
         RowMatrix kh(x.rows(), d);
-        for (int e = 0; e < rm; ++e) kh.col(kept[std::size_t(e)]) = cache.col(Eigen::Index(h) * (rm + dk) + e);
+        for (int e = 0; e < rm; ++e) kh.col(kept[std::size_t(e)]) = cache.col(Eigen::Index(h) * rm + e);
         for (std::size_t e = 0; e < nope.size(); ++e) kh.col(nope[e]) = kn.col(Eigen::Index(e));
         detail::rope_subset(kh, 0, d, l.pairing, l.inv_freq, pairs, positions, l.rope_attention_factor);
         for (int i = h * g; i < (h + 1) * g; ++i) {

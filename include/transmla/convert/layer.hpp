@@ -309,10 +309,15 @@ enum class RopeSelection {
     uniform,  ///< j = start + k·Δ, Δ = d/r_m, k < r_m/2
     two_norm, ///< per KV head: top r_m/2 by Σ_{i∈group(h)} E‖q_{i,j}‖·E‖k_{h,j}‖
 };
-/// MHA2MLA's low-rank factorisation of the no-RoPE key and the value.
+/// MHA2MLA's low-rank factorisation of the no-RoPE key and the value (d_kv = mha2mla_latent_dim,
+/// the paper's and the official code's `low_rank`, per KV head).
 enum class SvdMode {
-    joint,  ///< one SVD of [W_K,nope ; W_V] per KV head, latent d_kv
-    split,  ///< separate SVDs of W_K,nope and W_V per KV head, d_kv/2 each
+    joint,     ///< one SVD of all KV heads' [W_K,nope ; W_V] at rank n_kv·d_kv: one latent shared by all
+               ///< heads (the official code's "joint")
+    split,     ///< one SVD of all heads' W_K,nope and one of all heads' W_V, rank n_kv·d_kv each: a latent
+               ///< of 2·n_kv·d_kv (the official code's "split")
+    per_head,  ///< one SVD of [W_K,nope^h ; W_V^h] per KV head at rank d_kv: n_kv separate latents of the
+               ///< joint cache size (block-diagonal joint: never a smaller weight error than joint)
 };
 
 inline const char* to_string(RopeSelection s) noexcept {
@@ -324,26 +329,31 @@ inline const char* to_string(RopeSelection s) noexcept {
     }
     return "?";
 }
-inline const char* to_string(SvdMode s) noexcept { return s == SvdMode::joint ? "joint" : "split"; }
+inline const char* to_string(SvdMode s) noexcept {
+    return s == SvdMode::joint ? "joint" : s == SvdMode::split ? "split" : "per_head";
+}
 
-/// An MHA2MLA layer: per-KV-head partial RoPE with the kept dims' ORIGINAL frequencies, and a
-/// per-KV-head low-rank latent for the no-RoPE key dims and the value. Scale d^−½ (original).
+/// An MHA2MLA layer: per-KV-head partial RoPE with the kept dims' ORIGINAL frequencies, and one
+/// low-rank latent c (width ρ = latent_width) from which every KV head's no-RoPE key dims and
+/// value are reconstructed. Scale d^−½ (original).
 ///
 /// Forward (`forward(const Mha2MlaLayer&, X, positions)`), per token x and KV head h:
 ///   kept dims K_h = the two dims rope_pair(pairing, d, j) of every j in rope_pairs[h] (ascending
 ///   j, first dim then second), nope dims N_h = the other d − r_m dims ascending;
 ///   k_rope_h = w_k_rope[h] x + b_k_rope[h] ∈ R^{r_m}  (= the original key dims K_h)
-///   c_h      = w_down[h] x ∈ R^{d_kv}                  (cached: r_m + d_kv per KV head per token)
-///   k_h[N_h] = w_up_k[h] c_h + b_up_k[h];  k_h[K_h] = k_rope_h;  v_h = w_up_v[h] c_h + b_up_v[h]
+///   c        = w_down x ∈ R^ρ                          (cached: n_kv·r_m + ρ per token)
+///   k_h[N_h] = w_up_k[h] c + b_up_k[h];  k_h[K_h] = k_rope_h;  v_h = w_up_v[h] c + b_up_v[h]
 ///   RoPE: in the ORIGINAL head layout, only the pairs j ∈ rope_pairs[h] of q_i (i/g = h) and k_h
 ///   rotate (frequency inv_freq[j], pairing `pairing`); the other dims are not rotated.
 ///   q_i = W_Q^i x + b_Q^i (unchanged); logits d^−½ ⟨q_i, k_h⟩; out = W_O [o_1; …].
-/// split mode: c_h = [c_k (d_kv/2) | c_v (d_kv/2)], w_up_k uses only the first half of c_h and
-/// w_up_v only the second (zero columns elsewhere).
+/// ρ by SvdMode (d_kv = latent_dim): joint n_kv·d_kv; split 2·n_kv·d_kv, c = [c_k | c_v] and the
+/// key up projections read only c_k, the value ones only c_v; per_head n_kv·d_kv, c = [c_0 | … ]
+/// and head h's up projections read only c_h (zero columns elsewhere).
 struct Mha2MlaLayer {
     int hidden = 0, n_q = 0, n_kv = 0, head_dim = 0;
-    int rope_dims = 0;   ///< r_m per head (even)
-    int latent_dim = 0;  ///< d_kv per KV head
+    int rope_dims = 0;     ///< r_m per head (even)
+    int latent_dim = 0;    ///< d_kv per KV head (the option)
+    int latent_width = 0;  ///< ρ: the cached latent of all heads together
     SvdMode svd = SvdMode::joint;
     RopeSelection selection = RopeSelection::high;
     RopePairing pairing = RopePairing::half_split;
@@ -355,15 +365,15 @@ struct Mha2MlaLayer {
     std::vector<std::vector<int>> rope_pairs;  ///< per KV head: r_m/2 ascending frequency indices
     std::vector<MatrixXd> w_k_rope;            ///< per KV head [r_m][D]
     std::vector<VectorXd> b_k_rope;            ///< per KV head [r_m] or empty
-    std::vector<MatrixXd> w_down;              ///< per KV head [d_kv][D]
-    std::vector<MatrixXd> w_up_k;              ///< per KV head [d − r_m][d_kv]
+    MatrixXd w_down;                           ///< [ρ][D]
+    std::vector<MatrixXd> w_up_k;              ///< per KV head [d − r_m][ρ]
     std::vector<VectorXd> b_up_k;              ///< per KV head [d − r_m] or empty
-    std::vector<MatrixXd> w_up_v;              ///< per KV head [d][d_kv]
+    std::vector<MatrixXd> w_up_v;              ///< per KV head [d][ρ]
     std::vector<VectorXd> b_up_v;              ///< per KV head [d] or empty
 
     int group() const noexcept { return n_q / n_kv; }
     double softmax_scale() const { return 1.0 / std::sqrt(double(head_dim)); }
-    std::int64_t cache_per_token() const noexcept { return std::int64_t(n_kv) * (rope_dims + latent_dim); }
+    std::int64_t cache_per_token() const noexcept { return std::int64_t(n_kv) * rope_dims + latent_width; }
 };
 
 // ------------------------------------------------------------------------------------------------

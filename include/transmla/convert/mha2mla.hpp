@@ -1,6 +1,7 @@
 // transmla/convert/mha2mla.hpp — MHA2MLA (arXiv 2502.14837) as an initialisation: per-KV-head
-// partial RoPE (four selections) and an SVD of the weights (joint or split) for the no-RoPE key
-// dims and the values. See Mha2MlaLayer (layer.hpp) for the forward semantics.
+// partial RoPE (four selections) and an SVD of the weights for the no-RoPE key dims and the
+// values: joint or split over all KV heads of the layer at once, as the authors' code does, or a
+// per-KV-head joint SVD. See Mha2MlaLayer (layer.hpp) for the forward semantics.
 #pragma once
 
 #include "transmla/detail/intrinsics.hpp"  // first: see there (GCC 12, AVX-512)
@@ -93,42 +94,62 @@ inline TruncatedSvd truncated_svd(const MatrixXd& w, int rho) {
     return t;
 }
 
-/// MHA2MLA conversion of one layer: rope_pairs from select_rope_pairs, then per KV head the
-/// SVD of [W_K,nope ; W_V] (joint, rank d_kv) or of each part (split, rank d_kv/2 each). Biases
-/// stay on the up side. r_m = o.mha2mla_rope_dims (0 → d/8), d_kv = o.mha2mla_latent_dim (0 → d/2).
+/// The largest d_kv (mha2mla_latent_dim) the SVD mode allows for the layer shape: the rank of
+/// each factorised matrix cannot exceed its smaller side. joint: n_kv·d_kv ≤ min(n_kv·(2d − r_m), D);
+/// split: n_kv·d_kv ≤ min(n_kv·(d − r_m), D) (the key part is the narrower one); per_head:
+/// d_kv ≤ min(2d − r_m, D).
+inline int max_mha2mla_latent_dim(SvdMode svd, int n_kv, int d, int r_m, int hidden) {
+    switch (svd) {
+        case SvdMode::joint: return std::min(2 * d - r_m, hidden / n_kv);
+        case SvdMode::split: return std::min(d - r_m, hidden / n_kv);
+        case SvdMode::per_head: return std::min(2 * d - r_m, hidden);
+    }
+    return 0;
+}
+
+/// Checks d_kv for the SVD mode and layer shape, naming the option and the allowed range.
+inline void check_mha2mla_latent_dim(SvdMode svd, int n_kv, int d, int r_m, int hidden, int d_kv) {
+    if (svd == SvdMode::split)
+        require(r_m < d, "mha2mla: the split SVD needs no-RoPE key dims (mha2mla_rope_dims r_m < d), got r_m = ", r_m);
+    const int hi = max_mha2mla_latent_dim(svd, n_kv, d, r_m, hidden);
+    const char* why = svd == SvdMode::joint   ? "n_kv·d_kv <= min(n_kv·(2d - r_m), D)"
+                      : svd == SvdMode::split ? "n_kv·d_kv <= min(n_kv·(d - r_m), D)"
+                                              : "d_kv <= min(2d - r_m, D)";
+    require(d_kv >= 1 && d_kv <= hi, "mha2mla_latent_dim (d_kv) = ", d_kv, " is not allowed for the ", to_string(svd),
+            " SVD of this layer (n_kv = ", n_kv, ", d = ", d, ", r_m = ", r_m, ", D = ", hidden, "): ", why,
+            ", so 1 <= d_kv <= ", hi);
+}
+
+/// MHA2MLA conversion of one layer: rope_pairs from select_rope_pairs, then the SVD of the
+/// no-RoPE key rows and the value rows (SvdMode). Biases stay on the up side.
+/// r_m = o.mha2mla_rope_dims (0 → d/8), d_kv = o.mha2mla_latent_dim (0 → d/2).
 inline Mha2MlaLayer mha2mla(const GqaLayer& l, const ConvertOptions& o, const PairNormStats* norms = nullptr) {
     l.validate();
-    const int d = l.head_dim;
+    const int d = l.head_dim, nkv = l.n_kv;
     const int rm = o.mha2mla_rope_dims ? o.mha2mla_rope_dims : std::max(2, d / 8);
     const int dkv = o.mha2mla_latent_dim ? o.mha2mla_latent_dim : d / 2;
+    check_mha2mla_rope_dims(d, rm, o.selection, o.uniform_start);
+    check_mha2mla_latent_dim(o.svd, nkv, d, rm, l.hidden, dkv);
     Mha2MlaLayer m;
-    m.hidden = l.hidden, m.n_q = l.n_q, m.n_kv = l.n_kv, m.head_dim = d;
+    m.hidden = l.hidden, m.n_q = l.n_q, m.n_kv = nkv, m.head_dim = d;
     m.rope_dims = rm;
     m.latent_dim = dkv;
+    m.latent_width = (o.svd == SvdMode::split ? 2 : 1) * nkv * dkv;
     m.svd = o.svd;
     m.selection = o.selection;
     m.pairing = l.rope.pairing;
     m.inv_freq = l.inv_freq();
     m.rope_attention_factor = rope_attention_factor(l.rope);
     m.wq = l.wq, m.bq = l.bq, m.wo = l.wo;
-    m.rope_pairs = select_rope_pairs(o.selection, l.n_q, l.n_kv, d, rm, norms, o.uniform_start);
-    const int nn = d - rm;
-    const int max_joint = std::min(2 * d - rm, l.hidden);
-    if (o.svd == SvdMode::joint) {
-        require(dkv >= 1 && dkv <= max_joint, "mha2mla_latent_dim (d_kv) = ", dkv,
-                " is not allowed for the joint SVD: 1 <= d_kv <= min(2d - r_m, D) = ", max_joint);
-    } else {
-        require(nn > 0, "mha2mla: the split SVD needs no-RoPE key dims (mha2mla_rope_dims r_m < d), got r_m = ", rm);
-        const int max_half = std::min({nn, d, l.hidden});
-        require(dkv >= 2 && dkv % 2 == 0 && dkv / 2 <= max_half, "mha2mla_latent_dim (d_kv) = ", dkv,
-                " is not allowed for the split SVD: d_kv must be even with 2 <= d_kv <= 2·min(d - r_m, D) = ",
-                2 * max_half);
-    }
+    m.rope_pairs = select_rope_pairs(o.selection, l.n_q, nkv, d, rm, norms, o.uniform_start);
+    const int nn = d - rm, rho = m.latent_width;
+    // All heads' no-RoPE key rows (head by head, ascending dims) and all value rows.
+    MatrixXd wn(Eigen::Index(nkv) * nn, l.hidden);
     std::vector<int> kept, nope;
-    for (int h = 0; h < l.n_kv; ++h) {
+    for (int h = 0; h < nkv; ++h) {
         mha2mla_dims(d, l.rope.pairing, m.rope_pairs[std::size_t(h)], kept, nope);
         const Eigen::Index base = Eigen::Index(h) * d;
-        MatrixXd wr(rm, l.hidden), wn(nn, l.hidden);
+        MatrixXd wr(rm, l.hidden);
         VectorXd br, bn;
         if (l.bk.size()) br.resize(rm), bn.resize(nn);
         for (int e = 0; e < rm; ++e) {
@@ -136,34 +157,55 @@ inline Mha2MlaLayer mha2mla(const GqaLayer& l, const ConvertOptions& o, const Pa
             if (l.bk.size()) br(e) = l.bk(base + kept[std::size_t(e)]);
         }
         for (int e = 0; e < nn; ++e) {
-            wn.row(e) = l.wk.row(base + nope[std::size_t(e)]);
+            wn.row(Eigen::Index(h) * nn + e) = l.wk.row(base + nope[std::size_t(e)]);
             if (l.bk.size()) bn(e) = l.bk(base + nope[std::size_t(e)]);
         }
-        const MatrixXd wv = l.wv.middleRows(base, d);
         m.w_k_rope.push_back(wr);
         m.b_k_rope.push_back(br);
         m.b_up_k.push_back(bn);
         m.b_up_v.push_back(l.bv.size() ? VectorXd(l.bv.segment(base, d)) : VectorXd());
-        if (o.svd == SvdMode::joint) {
-            MatrixXd wj(nn + d, l.hidden);
-            wj.topRows(nn) = wn;
-            wj.bottomRows(d) = wv;
-            const TruncatedSvd t = truncated_svd(wj, dkv);
-            m.w_down.push_back(t.down);
-            m.w_up_k.push_back(t.up.topRows(nn));
-            m.w_up_v.push_back(t.up.bottomRows(d));
-        } else {
-            const int half = dkv / 2;
+    }
+    const MatrixXd& wv = l.wv;  // [n_kv·d][D]
+    MatrixXd upk(wn.rows(), rho), upv(wv.rows(), rho);  // all heads' up rows, split per head below
+    m.w_down.resize(rho, l.hidden);
+    switch (o.svd) {
+        case SvdMode::joint: {
+            MatrixXd wj(wn.rows() + wv.rows(), l.hidden);
+            wj.topRows(wn.rows()) = wn;
+            wj.bottomRows(wv.rows()) = wv;
+            const TruncatedSvd t = truncated_svd(wj, rho);
+            m.w_down = t.down;
+            upk = t.up.topRows(wn.rows());
+            upv = t.up.bottomRows(wv.rows());
+            break;
+        }
+        case SvdMode::split: {
+            const int half = rho / 2;
             const TruncatedSvd tk = truncated_svd(wn, half), tv = truncated_svd(wv, half);
-            MatrixXd down(dkv, l.hidden), upk = MatrixXd::Zero(nn, dkv), upv = MatrixXd::Zero(d, dkv);
-            down.topRows(half) = tk.down;
-            down.bottomRows(half) = tv.down;
+            m.w_down.topRows(half) = tk.down;
+            m.w_down.bottomRows(half) = tv.down;
+            upk.setZero(), upv.setZero();
             upk.leftCols(half) = tk.up;
             upv.rightCols(half) = tv.up;
-            m.w_down.push_back(down);
-            m.w_up_k.push_back(upk);
-            m.w_up_v.push_back(upv);
+            break;
         }
+        case SvdMode::per_head: {
+            upk.setZero(), upv.setZero();
+            for (int h = 0; h < nkv; ++h) {
+                MatrixXd wj(nn + d, l.hidden);
+                wj.topRows(nn) = wn.middleRows(Eigen::Index(h) * nn, nn);
+                wj.bottomRows(d) = wv.middleRows(Eigen::Index(h) * d, d);
+                const TruncatedSvd t = truncated_svd(wj, dkv);
+                m.w_down.middleRows(Eigen::Index(h) * dkv, dkv) = t.down;
+                upk.block(Eigen::Index(h) * nn, Eigen::Index(h) * dkv, nn, dkv) = t.up.topRows(nn);
+                upv.block(Eigen::Index(h) * d, Eigen::Index(h) * dkv, d, dkv) = t.up.bottomRows(d);
+            }
+            break;
+        }
+    }
+    for (int h = 0; h < nkv; ++h) {
+        m.w_up_k.push_back(upk.middleRows(Eigen::Index(h) * nn, nn));
+        m.w_up_v.push_back(upv.middleRows(Eigen::Index(h) * d, d));
     }
     return m;
 }
@@ -186,10 +228,10 @@ inline void mha2mla_errors(const GqaLayer& l, const Mha2MlaLayer& m, const Calib
         const MatrixXd wv = l.wv.middleRows(base, l.head_dim);
         const VectorXd bv = l.bv.size() ? VectorXd(l.bv.segment(base, l.head_dim)) : VectorXd();
         if (!nope.empty()) {
-            ke += stats.project_diag(wn - m.w_up_k[std::size_t(h)] * m.w_down[std::size_t(h)]).sum();
+            ke += stats.project_diag(wn - m.w_up_k[std::size_t(h)] * m.w_down).sum();
             kt += stats.project_diag(wn, bn).sum();
         }
-        ve += stats.project_diag(wv - m.w_up_v[std::size_t(h)] * m.w_down[std::size_t(h)]).sum();
+        ve += stats.project_diag(wv - m.w_up_v[std::size_t(h)] * m.w_down).sum();
         vt += stats.project_diag(wv, bv).sum();
     }
     key_error = kt > 0 ? ke / kt : 0.0;

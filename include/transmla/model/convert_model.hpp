@@ -116,27 +116,29 @@ inline MlaAttention to_runtime(const convert::MlaLayer& m) {
 /// The runtime form of an MHA2MLA layer.
 inline Mha2MlaAttention to_runtime(const convert::Mha2MlaLayer& m) {
     Mha2MlaAttention a;
-    a.n_q = m.n_q, a.n_kv = m.n_kv, a.head_dim = m.head_dim, a.rope_dims = m.rope_dims, a.latent_dim = m.latent_dim;
+    a.n_q = m.n_q, a.n_kv = m.n_kv, a.head_dim = m.head_dim, a.rope_dims = m.rope_dims, a.latent_width = m.latent_width;
     a.pairing = m.pairing;
     a.inv_freq = m.inv_freq;
     a.rope_attention_factor = m.rope_attention_factor;
     a.rope_pairs = m.rope_pairs;
-    const int d = m.head_dim, rm = m.rope_dims, dkv = m.latent_dim, D = m.hidden, hw = rm + dkv;
-    require(int(m.rope_pairs.size()) == m.n_kv && int(m.w_k_rope.size()) == m.n_kv && int(m.w_down.size()) == m.n_kv &&
-                int(m.w_up_k.size()) == m.n_kv && int(m.w_up_v.size()) == m.n_kv,
+    const int d = m.head_dim, rm = m.rope_dims, D = m.hidden;
+    require(int(m.rope_pairs.size()) == m.n_kv && int(m.w_k_rope.size()) == m.n_kv && int(m.w_up_k.size()) == m.n_kv &&
+                int(m.w_up_v.size()) == m.n_kv,
             "to_runtime(Mha2MlaLayer): per-KV-head lists must have n_kv = ", m.n_kv, " entries");
+    require(m.w_down.rows() == m.latent_width && m.w_down.cols() == D, "to_runtime(Mha2MlaLayer): w_down is ",
+            m.w_down.rows(), " x ", m.w_down.cols(), ", expected latent_width x D = ", m.latent_width, " x ", D);
     a.wq = m.wq.cast<float>();
     if (m.bq.size()) a.bq = m.bq.cast<float>();
-    a.wc.resize(Eigen::Index(m.n_kv) * hw, D);
+    a.wc.resize(a.cache_width(), D);
+    a.wc.bottomRows(m.latent_width) = m.w_down.cast<float>();
     Eigen::VectorXf bc = Eigen::VectorXf::Zero(a.wc.rows());
     bool any_bias = false;
     for (int h = 0; h < m.n_kv; ++h) {
         require(int(m.rope_pairs[h].size()) * 2 == rm, "to_runtime(Mha2MlaLayer): KV head ", h, " keeps ",
                 m.rope_pairs[h].size(), " pairs, expected r_m/2 = ", rm / 2);
-        a.wc.middleRows(Eigen::Index(h) * hw, rm) = m.w_k_rope[h].cast<float>();
-        a.wc.middleRows(Eigen::Index(h) * hw + rm, dkv) = m.w_down[h].cast<float>();
+        a.wc.middleRows(Eigen::Index(h) * rm, rm) = m.w_k_rope[h].cast<float>();
         if (h < int(m.b_k_rope.size()) && m.b_k_rope[h].size()) {
-            bc.segment(Eigen::Index(h) * hw, rm) = m.b_k_rope[h].cast<float>();
+            bc.segment(Eigen::Index(h) * rm, rm) = m.b_k_rope[h].cast<float>();
             any_bias = true;
         }
         a.up_k.push_back(m.w_up_k[h].cast<float>());
@@ -337,7 +339,7 @@ inline ModelConversion convert_model(const Model& original, const std::vector<st
             out.layer_seconds[l] = detail::seconds_since(t0);
             say("layer " + std::to_string(l) + ": mha2mla " + convert::to_string(opt.selection) + "/" +
                 convert::to_string(opt.svd) + " r_m=" + std::to_string(res.mha2mla.rope_dims) + " d_kv=" +
-                std::to_string(res.mha2mla.latent_dim) + " key err " + detail::fmt(res.report.key_error) +
+                std::to_string(res.mha2mla.latent_dim) + " latent " + std::to_string(res.mha2mla.latent_width) + " key err " + detail::fmt(res.report.key_error) +
                 " value err " + detail::fmt(res.report.value_error) + " attn err " +
                 detail::fmt(res.report.attn_output_error) + " cache " + std::to_string(res.mha2mla.cache_per_token()) +
                 "/" + std::to_string(gqa[l].cache_per_token()) + " (" + detail::fmt(out.layer_seconds[l], 3) + " s)");

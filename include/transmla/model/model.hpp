@@ -133,9 +133,10 @@ struct MlaAttention {
     }
 };
 
-/// MHA2MLA (convert::Mha2MlaLayer). Cache row: per KV head [RoPE'd kept key dims (r_m) | c_h (d_kv)].
+/// MHA2MLA (convert::Mha2MlaLayer). Cache row: [RoPE'd kept key dims of each KV head (n_kv·r_m) |
+/// the shared latent c (ρ = latent_width)].
 struct Mha2MlaAttention {
-    int n_q = 0, n_kv = 0, head_dim = 0, rope_dims = 0, latent_dim = 0;
+    int n_q = 0, n_kv = 0, head_dim = 0, rope_dims = 0, latent_width = 0;
     RopePairing pairing = RopePairing::half_split;
     std::vector<double> inv_freq;  ///< d/2, the original table
     double rope_attention_factor = 1.0;
@@ -144,14 +145,14 @@ struct Mha2MlaAttention {
     std::vector<std::vector<int>> nope_dims;   ///< per KV head: the other d − r_m dims
     RowMatrixXf wq;  ///< [n_q·d][D]
     VectorXf bq;
-    RowMatrixXf wc;  ///< [n_kv·(r_m + d_kv)][D]: per KV head the kept key rows then W_down
+    RowMatrixXf wc;  ///< [n_kv·r_m + ρ][D]: every KV head's kept key rows, then W_down
     VectorXf bc;
-    std::vector<RowMatrixXf> up_k;  ///< per KV head [d − r_m][d_kv]
+    std::vector<RowMatrixXf> up_k;  ///< per KV head [d − r_m][ρ]
     std::vector<VectorXf> bup_k;
-    std::vector<RowMatrixXf> up_v;  ///< per KV head [d][d_kv]
+    std::vector<RowMatrixXf> up_v;  ///< per KV head [d][ρ]
     std::vector<VectorXf> bup_v;
     RowMatrixXf wo;  ///< [D][n_q·d]
-    int cache_width() const noexcept { return n_kv * (rope_dims + latent_dim); }
+    int cache_width() const noexcept { return n_kv * rope_dims + latent_width; }
 };
 
 using Attention = std::variant<GqaAttention, PartialRopeAttention, MlaAttention, Mha2MlaAttention>;
@@ -492,12 +493,12 @@ private:
 
     void run_attention(const Mha2MlaAttention& at, const RowMatrixXf& xn, std::int64_t T, LayerCache& c,
                        RowMatrixXf& out) const {
-        const int d = at.head_dim, nq = at.n_q, nkv = at.n_kv, rm = at.rope_dims, dkv = at.latent_dim;
-        const int g = nq / nkv, hw = rm + dkv;
+        const int d = at.head_dim, nq = at.n_q, nkv = at.n_kv, rm = at.rope_dims, rho = at.latent_width;
+        const int g = nq / nkv, cw = at.cache_width();
         RowMatrixXf q(T, nq * d);
         q.noalias() = xn * at.wq.transpose();
         add_bias(q, at.bq);
-        RowMatrixXf cr(T, nkv * hw);
+        RowMatrixXf cr(T, cw);
         cr.noalias() = xn * at.wc.transpose();
         add_bias(cr, at.bc);
         const std::int64_t p0 = c.size;
@@ -506,29 +507,29 @@ private:
             for (int i = 0; i < nq; ++i) rr.rotate_pairs(q.row(t).data() + i * d, t, at.pairing, d, at.rope_pairs[i / g]);
             // Cached kept dims are stored pair by pair (first dim, second dim): rotate each pair.
             for (int h = 0; h < nkv; ++h) {
-                float* kr = cr.row(t).data() + h * hw;
+                float* kr = cr.row(t).data() + h * rm;
                 const auto& pr = at.rope_pairs[h];
                 for (std::size_t k = 0; k < pr.size(); ++k) rr.rotate_pair(kr[2 * k], kr[2 * k + 1], t, pr[k]);
             }
         }
-        append_rows(c, cr.data(), nkv * hw, T);
+        append_rows(c, cr.data(), cw, T);
         const std::int64_t S = c.size;
-        // Decompress keys and values [S][n_kv][d].
+        // Decompress keys and values [S][n_kv][d] from the shared latent.
         RowMatrixXf K(S, nkv * d), V(S, nkv * d);
         using Stride = Eigen::OuterStride<>;
         using CMap = Eigen::Map<const RowMatrixXf, 0, Stride>;
+        const CMap C(c.rows.data() + nkv * rm, S, rho, Stride(c.width));
         for (int h = 0; h < nkv; ++h) {
-            CMap Ch(c.rows.data() + h * hw + rm, S, dkv, Stride(c.width));
-            RowMatrixXf kn = Ch * at.up_k[h].transpose();
+            RowMatrixXf kn = C * at.up_k[h].transpose();
             if (at.bup_k[h].size()) kn.rowwise() += at.bup_k[h].transpose();
             Eigen::Map<RowMatrixXf, 0, Stride> Vh(V.data() + h * d, S, d, Stride(nkv * d));
-            Vh.noalias() = Ch * at.up_v[h].transpose();
+            Vh.noalias() = C * at.up_v[h].transpose();
             if (at.bup_v[h].size()) Vh.rowwise() += at.bup_v[h].transpose();
             const auto& kd = at.kept_dims[h];
             const auto& nd = at.nope_dims[h];
             for (std::int64_t s = 0; s < S; ++s) {
                 float* kr = K.row(s).data() + h * d;
-                const float* src = c.row(s) + h * hw;
+                const float* src = c.row(s) + h * rm;
                 for (int e = 0; e < rm; ++e) kr[kd[std::size_t(e)]] = src[e];
                 for (std::size_t e = 0; e < nd.size(); ++e) kr[nd[e]] = kn(s, Eigen::Index(e));
             }
