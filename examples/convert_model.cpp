@@ -214,8 +214,8 @@ int main(int argc, char** argv) try {
         } else {
             model::check_output_file(a.out, "--out");
         }
-        require(a.opt.method != convert::Method::mha2mla, "--out: an MHA2MLA model has one latent per KV head, "
-                "which stock DeepSeek code cannot run; export --method transmla or exact");
+        require(a.opt.method != convert::Method::mha2mla, "--out: an MHA2MLA model keeps a RoPE key per KV head, each with its own "
+                "frequencies, which stock DeepSeek code (one shared RoPE key) cannot run; export --method transmla or exact");
         for (std::size_t l = 0; l < original.layers.size(); ++l)
             require(std::get<model::GqaAttention>(original.layers[l].attn).bqkv.size() == 0, "--out: layer ", l,
                     " of the model has q/k/v biases (a Qwen2-style model); stock DeepSeek code has no attention biases, "
