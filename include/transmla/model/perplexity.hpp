@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <span>
 #include <sstream>
 #include <string>
@@ -86,9 +87,13 @@ inline double sum_nll(const RowMatrixXf& logits, std::span<const std::int32_t> n
     return s;
 }
 
-/// Fixed-window perplexity of `tokens` (at most `max_tokens` of them when > 0).
+/// Called after each perplexity window with the windows done and the windows in all.
+using WindowFn = std::function<void(std::int64_t done, std::int64_t total)>;
+
+/// Fixed-window perplexity of `tokens` (at most `max_tokens` of them when > 0); `on_window`, when
+/// set, is called after each window (for a progress report).
 inline PerplexityResult perplexity(const Model& m, std::span<const std::int32_t> tokens, std::int64_t window,
-                                   std::int64_t max_tokens = 0) {
+                                   std::int64_t max_tokens = 0, const WindowFn& on_window = {}) {
     require(window >= 2 && window <= m.config.max_positions, "perplexity: window ", window, " outside [2, ",
             m.config.max_positions, "]");
     if (max_tokens > 0 && std::int64_t(tokens.size()) > max_tokens) tokens = tokens.first(std::size_t(max_tokens));
@@ -97,6 +102,9 @@ inline PerplexityResult perplexity(const Model& m, std::span<const std::int32_t>
     PerplexityResult r;
     double nll = 0;
     auto cache = m.make_cache(window);
+    std::int64_t total = 0;  // windows of at least 2 tokens
+    for (std::size_t b = 0; b + 1 < tokens.size(); b += std::size_t(window))
+        total += std::min<std::size_t>(std::size_t(window), tokens.size() - b) >= 2;
     for (std::size_t b = 0; b + 1 < tokens.size(); b += std::size_t(window)) {
         const std::size_t n = std::min<std::size_t>(std::size_t(window), tokens.size() - b);
         if (n < 2) break;
@@ -106,6 +114,7 @@ inline PerplexityResult perplexity(const Model& m, std::span<const std::int32_t>
         nll += sum_nll(RowMatrixXf(logits.topRows(std::int64_t(n) - 1)), w.subspan(1));
         r.predicted += std::int64_t(n) - 1;
         ++r.windows;
+        if (on_window) on_window(r.windows, total);
     }
     r.mean_nll = nll / double(r.predicted);
     r.perplexity = std::exp(r.mean_nll);

@@ -134,30 +134,54 @@ inline std::string default_model_path() {
 
 /// Seconds per token of one decode step of attention layer `layer` (its whole attention block:
 /// projections, RoPE, cache append and the attention over the cache) at `context` cached tokens,
-/// the median over `reps` timed steps. The cache holds random rows (attention time does not
-/// depend on the values); each step appends one token and is then rolled back.
-inline double decode_attention_seconds(const Model& m, std::size_t layer, std::int64_t context, int reps = 15) {
+/// the median over `reps` timed steps after two warm-up steps, on `scratch`: a cache of the
+/// layer's width with room for context + 1 tokens holding any finite values (attention time does
+/// not depend on them; each step appends one token and is rolled back, and `scratch` is left
+/// with `context` tokens). One filled cache can serve every layer of one shape at every context
+/// up to its capacity − 1, so timing many layers and contexts does not refill caches.
+inline double decode_attention_seconds(const Model& m, std::size_t layer, LayerCache& scratch, std::int64_t context,
+                                       int reps = 15) {
     require(layer < m.layers.size(), "decode_attention_seconds: no layer ", layer);
     require(context > 0 && reps > 0, "decode_attention_seconds: context and reps must be positive");
     const Attention& at = m.layers[layer].attn;
-    LayerCache c = Model::make_layer_cache(at, context + 1);
-    std::mt19937 g(1234);
+    require(scratch.width == cache_width(at) && context + 1 <= scratch.capacity,
+            "decode_attention_seconds: a scratch cache of width ", scratch.width, " and capacity ", scratch.capacity,
+            " cannot time layer ", layer, " (width ", cache_width(at), ") at context ", context);
+    std::mt19937 g(4321);
     std::normal_distribution<float> nd(0.f, 1.f);
-    for (auto& v : c.rows) v = nd(g);
-    c.size = context;
     RowMatrixXf x(1, m.config.hidden);
     for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = nd(g);
+    scratch.size = context;
     std::vector<double> t;
     for (int k = 0; k < reps + 2; ++k) {
         const auto t0 = std::chrono::steady_clock::now();
-        const auto out = m.attention(at, x, c);
+        const auto out = m.attention(at, x, scratch);
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         require(out.allFinite(), "decode_attention_seconds: non-finite output");
-        c.size = context;
+        scratch.size = context;
         if (k >= 2) t.push_back(s);  // two warm-up steps
     }
     std::nth_element(t.begin(), t.begin() + std::ptrdiff_t(t.size() / 2), t.end());
     return t[t.size() / 2];
+}
+
+/// A cache for decode_attention_seconds: room for `capacity` tokens of the form `at`, every row
+/// filled with standard normal values (fixed seed).
+inline LayerCache random_layer_cache(const Attention& at, std::int64_t capacity) {
+    LayerCache c = Model::make_layer_cache(at, capacity);
+    std::mt19937 g(1234);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (auto& v : c.rows) v = nd(g);
+    c.size = capacity;
+    return c;
+}
+
+/// As above on a cache of its own (filled with random rows for this call only).
+inline double decode_attention_seconds(const Model& m, std::size_t layer, std::int64_t context, int reps = 15) {
+    require(layer < m.layers.size(), "decode_attention_seconds: no layer ", layer);
+    require(context > 0 && reps > 0, "decode_attention_seconds: context and reps must be positive");
+    LayerCache c = random_layer_cache(m.layers[layer].attn, context + 1);
+    return decode_attention_seconds(m, layer, c, context, reps);
 }
 
 }  // namespace transmla::model
