@@ -9,7 +9,14 @@ for p in "${pkgs[@]}"; do
 done
 # python3/pip may come from elsewhere (pyenv): accept any working interpreter.
 if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
-    missing=("${missing[@]/python3}"); missing=("${missing[@]/python3-pip}")
+    kept=()
+    for p in "${missing[@]}"; do [[ "$p" == python3 || "$p" == python3-pip ]] || kept+=("$p"); done
+    missing=("${kept[@]}")
+fi
+# The demo's pictures need `python3 -m venv` (scripts/run-demo.sh): Debian's python3 has it only
+# with python3-venv; other interpreters (pyenv) bring their own.
+if ! { command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null; }; then
+    missing+=(python3-venv)
 fi
 read -r -a missing <<<"${missing[*]}"
 if ((${#missing[@]})); then
