@@ -23,8 +23,8 @@
 // the CPUs were since the last look (/proc/stat, less this process's own CPU time): when fewer
 // than 1.5 CPUs were free it runs that row on one thread instead of letting a team of 2 wait on a
 // CPU that another program holds (Eigen's parallel GEMM spin-waits for its partner thread). With
-// one of two cores kept busy, and OMP_WAIT_POLICY=passive, a shortened run of this demo took 2.05x
-// its quiet time with a team of 2 and 1.21x with one thread (bench/RESULTS.md). Such rows are
+// one of two cores kept busy, a shortened run of this demo took 2.05x its quiet time with a team
+// of 2 (OMP_WAIT_POLICY=passive) and 1.21x with one thread (bench/RESULTS.md). Such rows are
 // marked * in the table. OMP_NUM_THREADS or --threads N fixes the team and turns the check off.
 //
 // The rows are one list in main() (`rows`): a new conversion method is one more entry there, and

@@ -11,8 +11,9 @@
 # conversion with its calibration passes, 4096 tokens of perplexity, decode timing).
 #
 # Threads: the demo runs OpenMP teams of 2 (the published table's digits), or of 1 for the rows
-# that start while other programs keep the CPUs busy (a team of 2 on one free core thrashes: Eigen's
-# GEMM threads spin-wait for each other). OMP_NUM_THREADS or --threads N fixes the team instead.
+# that start while other programs keep the CPUs busy (a team of 2 on one free core runs at half
+# speed: Eigen's GEMM threads spin-wait for each other). OMP_NUM_THREADS or --threads N fixes the
+# team instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -55,7 +56,9 @@ fi
 cmake --build build -j"$jobs" --target smollm2_demo
 
 step "demo"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"   # idle OpenMP threads sleep instead of spinning
+# OpenMP's default wait policy (spin briefly, then sleep) is kept: the demo itself avoids teams
+# larger than the free CPUs, and OMP_WAIT_POLICY=passive made every decode step of the timing pay
+# for waking a sleeping thread (10-25 % slower, bench/RESULTS.md).
 ./build/examples/smollm2_demo --model "$model" --report build/smollm2_demo_report.json "$@"
 
 step "pictures"
