@@ -7,6 +7,7 @@
 #include "transmla/convert/layer.hpp"
 #include "transmla/convert/linalg.hpp"
 #include "transmla/convert/mha2mla.hpp"
+#include "transmla/convert/output_aware.hpp"
 #include "transmla/convert/shape_link.hpp"
 #include "transmla/convert/transmla.hpp"
 
@@ -49,6 +50,10 @@ inline int validate_options(const GqaLayer& l, const ConvertOptions& o) {
             check_mha2mla_latent_dim(o.svd, l.n_kv, d, rm, l.hidden, o.mha2mla_latent_dim ? o.mha2mla_latent_dim : d / 2);
             return 0;
         }
+        case Method::output_aware:
+            require(o.q_lora_rank == 0, "q_lora_rank = ", o.q_lora_rank,
+                    " is not allowed with method output_aware: its weights use the full query (use 0)");
+            [[fallthrough]];
         case Method::transmla: {
             const FreqFoldMap map(l.n_kv, d, o.rope_dim, o.freqfold, l.rope.pairing);  // d_r and F
             (void)map;
@@ -71,6 +76,25 @@ double attention_output_error(const GqaLayer& l, const Converted& c, const HeldO
     const RowMatrix got = forward(c, h.x, h.positions);
     const double den = ref.norm();
     return den > 0 ? (got - ref).norm() / den : (got - ref).norm();
+}
+
+/// Logit error on one held-out sequence: ‖ℓ_c − ℓ‖ / ‖ℓ‖ over the causal pairs (s ≤ t) of
+/// every query head, each query row of both centred first (the softmax ignores a per-row shift).
+template <class Converted>
+double logit_error(const GqaLayer& l, const Converted& c, const HeldOut& h) {
+    double num = 0, den = 0;
+    const Eigen::Index T = h.x.rows();
+    for (int i = 0; i < l.n_q; ++i) {
+        const RowMatrix ref = attention_logits(l, h.x, h.positions, i);
+        const RowMatrix got = attention_logits(c, h.x, h.positions, i);
+        for (Eigen::Index t = 0; t < T; ++t) {
+            const auto rr = ref.row(t).head(t + 1), gr = got.row(t).head(t + 1);
+            const double mr = rr.mean(), md = (gr - rr).mean();
+            num += ((gr - rr).array() - md).square().sum();
+            den += (rr.array() - mr).square().sum();
+        }
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 namespace detail {
@@ -103,7 +127,10 @@ ConvertResult convert_transmla(const GqaLayer& l, const Stats& original, const S
     }
     res.mla = finish_transmla_in_place(res.partial, std::move(jm), r, oo, query_stats, &res.report);
     res.report.method = o.method;
-    if (held_out) res.report.attn_output_error = attention_output_error(l, res.mla, *held_out);
+    if (held_out) {
+        res.report.attn_output_error = attention_output_error(l, res.mla, *held_out);
+        res.report.logit_error = logit_error(l, res.mla, *held_out);
+    }
     return res;
 }
 }  // namespace detail
@@ -127,6 +154,8 @@ inline ConvertResult convert_layer(const GqaLayer& l, const CalibrationStats& or
         require(after_rorope->hidden() == l.hidden, "convert_layer: after-RoRoPE statistics have hidden size ",
                 after_rorope->hidden(), ", the layer ", l.hidden);
     detail::check_held_out(l, held_out);
+    require(o.method != Method::output_aware, "convert_layer: method output_aware needs the attention-distance "
+            "statistics of the original model: call convert_output_aware");
     if (o.method != Method::mha2mla)
         return detail::convert_transmla(l, original, after_rorope, r, o, held_out);
     ConvertResult res;
@@ -150,11 +179,37 @@ inline ConvertResult convert_layer(const GqaLayer& l, const CalibrationStats& or
 inline ConvertResult convert_layer(const GqaLayer& l, const KvStats& original, const KvStats* after_rorope,
                                    const ConvertOptions& o, const HeldOut* held_out = nullptr) {
     const int r = validate_options(l, o);
-    require(o.method != Method::mha2mla,
-            "convert_layer: method mha2mla needs the input statistics (CalibrationStats); key/value statistics "
+    require(o.method != Method::mha2mla && o.method != Method::output_aware,
+            "convert_layer: method ", to_string(o.method), " needs the input statistics (CalibrationStats); key/value statistics "
             "support methods transmla and exact");
     detail::check_held_out(l, held_out);
     return detail::convert_transmla(l, original, after_rorope, r, o, held_out);
+}
+
+/// Converts one layer with the output-aware method: RoRoPE + FreqFold on `original` (the
+/// original model's input statistics at this layer), the expected rotation of the no-RoPE pairs
+/// fitted from `fit` (the original model's RoPE-pair statistics at this layer), then the weighted
+/// latent on `*after` (the statistics of the folded partial-RoPE model; nullptr reuses
+/// `original`, an approximation: a whole-model converter gathers them in a second pass).
+inline ConvertResult convert_output_aware(const GqaLayer& l, const CalibrationStats& original,
+                                          const CalibrationStats* after, const RotationFitStats& fit,
+                                          const ConvertOptions& o, const HeldOut* held_out = nullptr) {
+    require(o.method == Method::output_aware, "convert_output_aware: options name method ", to_string(o.method));
+    const int r = validate_options(l, o);
+    require(original.hidden() == l.hidden && original.tokens() > 0, "convert_output_aware: statistics of hidden size ",
+            original.hidden(), " with ", original.tokens(), " tokens for a layer of hidden size ", l.hidden);
+    detail::check_held_out(l, held_out);
+    ConvertResult res;
+    res.method = o.method;
+    res.partial = rorope(l, original, o.rope_dim, o.freqfold);
+    fold_rotation_fit(res.partial, l, fit);
+    res.mla = output_aware_finish(res.partial, after ? *after : original, r, o.logit_weight, &res.report);
+    res.report.method = o.method;
+    if (held_out) {
+        res.report.attn_output_error = attention_output_error(l, res.mla, *held_out);
+        res.report.logit_error = logit_error(l, res.mla, *held_out);
+    }
+    return res;
 }
 
 }  // namespace transmla::convert

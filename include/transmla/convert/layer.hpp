@@ -751,9 +751,18 @@ enum class Method {
     transmla,  ///< RoRoPE + FreqFold + (balanced) joint PCA → MlaLayer
     mha2mla,   ///< partial RoPE + SVD → Mha2MlaLayer
     exact,     ///< F = 1, RoPE kept on all L latent dims, full rank: reproduces the GQA layer
+    /// RoRoPE + FreqFold, the no-RoPE pairs' expected rotation folded into the keys, and the
+    /// output-weighted reduced-rank latent (convert/output_aware.hpp) → MlaLayer
+    output_aware,
 };
 inline const char* to_string(Method m) noexcept {
-    return m == Method::transmla ? "transmla" : m == Method::mha2mla ? "mha2mla" : "exact";
+    switch (m) {
+        case Method::transmla: return "transmla";
+        case Method::mha2mla: return "mha2mla";
+        case Method::exact: return "exact";
+        case Method::output_aware: return "output_aware";
+    }
+    return "unknown";
 }
 
 /// Options of convert_layer (and of the individual steps that take them).
@@ -766,6 +775,8 @@ struct ConvertOptions {
     int freqfold = 1;           ///< F: F % (d/d_r) == 0 and (d/2) % F == 0
     bool balance = true;        ///< balanced KV (step 3)
     int q_lora_rank = 0;        ///< r_q > 0: low-rank query (PCA of the query activations)
+    // --- output-aware (also uses rope_dim, rank / cache_budget, freqfold) ---
+    double logit_weight = 1.0;  ///< κ: weight of the logit error against the value error
     // --- MHA2MLA ---
     RopeSelection selection = RopeSelection::high;
     SvdMode svd = SvdMode::joint;
@@ -785,6 +796,11 @@ struct LayerReport {
     /// the no-RoPE keys and E‖v − v_rec‖² / E‖v‖² for the values.
     double key_error = std::numeric_limits<double>::quiet_NaN();
     double value_error = std::numeric_limits<double>::quiet_NaN();
+    /// Output-aware only: the weighted latent error E eᵀWe / E zᵀWz (convert/output_aware.hpp).
+    double weighted_error = std::numeric_limits<double>::quiet_NaN();
+    /// Logit error on held-out tokens: ‖ℓ_conv − ℓ_gqa‖ / ‖ℓ_gqa‖ over the causal pairs of every
+    /// head, each query row centred first (the softmax ignores a per-row shift). NaN if none given.
+    double logit_error = std::numeric_limits<double>::quiet_NaN();
     /// ‖out_converted − out_gqa‖_F / ‖out_gqa‖_F on held-out tokens (NaN if none were given).
     double attn_output_error = std::numeric_limits<double>::quiet_NaN();
     std::int64_t cache_original = 0, cache_converted = 0;  ///< values per token
