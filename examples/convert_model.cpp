@@ -83,7 +83,8 @@ int parse(int argc, char** argv, Args& a) {
                  "convert_model"};
     app.get_formatter()->column_width(34);
     const std::map<std::string, convert::Method> methods{
-        {"transmla", convert::Method::transmla}, {"mha2mla", convert::Method::mha2mla}, {"exact", convert::Method::exact}};
+        {"transmla", convert::Method::transmla}, {"mha2mla", convert::Method::mha2mla}, {"exact", convert::Method::exact},
+        {"output_aware", convert::Method::output_aware}};
     const std::map<std::string, convert::RopeSelection> selections{{"high", convert::RopeSelection::high},
                                                                    {"low", convert::RopeSelection::low},
                                                                    {"uniform", convert::RopeSelection::uniform},
@@ -106,6 +107,9 @@ int parse(int argc, char** argv, Args& a) {
         ->capture_default_str();
     app.add_option("--freqfold", a.opt.freqfold, "F: RoPE frequencies folded together (transmla)")
         ->check(CLI::Range(1, 1 << 16))
+        ->capture_default_str();
+    app.add_option("--logit-weight", a.opt.logit_weight, "kappa: logit against value error (output_aware)")
+        ->check(CLI::PositiveNumber)
         ->capture_default_str();
     app.add_flag("--no-balance{false}", a.opt.balance, "no key/value balancing before the joint PCA (transmla)");
     app.add_option("--selection", a.opt.selection, "which RoPE pairs MHA2MLA keeps")

@@ -117,3 +117,35 @@ TEST_CASE("TransMLA at 50% of the cache: budgeted cache, finite perplexity, sane
     }
     TRANSMLA_CHECK_CLOSE(inc, want, 1e-4);
 }
+
+TEST_CASE("Output-aware at 50% of the cache: same layout as TransMLA, lower perplexity, per-layer logit errors") {
+    const auto* m = test::smollm2();
+    if (!m) return;
+    const auto& t = texts();
+    const auto seqs = model::make_sequences(t.calib, 4, 128);
+    const auto held = std::span(t.calib).subspan(4 * 128, 128);
+    convert::ConvertOptions o;
+    o.rope_dim = 32, o.freqfold = 4, o.cache_budget = 0.5;
+    o.method = convert::Method::transmla;
+    const auto tm = model::convert_model(*m, seqs, o, {}, held);
+    o.method = convert::Method::output_aware;
+    const auto oa = model::convert_model(*m, seqs, o, {}, held);
+    CHECK(oa.calibration_passes == 2);
+    double tm_logit = 0, oa_logit = 0;
+    for (std::size_t l = 0; l < oa.layers.size(); ++l) {
+        CAPTURE(l);
+        const auto& r = oa.layers[l];
+        CHECK(model::cache_width(oa.model.layers[l].attn) == 192);
+        CHECK(r.rank == 160);
+        CHECK((r.weighted_error > 0 && r.weighted_error < 1));
+        CHECK((r.logit_error > 0 && std::isfinite(r.logit_error)));
+        CHECK((r.attn_output_error > 0 && r.attn_output_error < 1));
+        tm_logit += tm.layers[l].logit_error, oa_logit += r.logit_error;
+    }
+    MESSAGE("mean logit error: transmla " << tm_logit / 30 << ", output_aware " << oa_logit / 30);
+    CHECK(oa_logit < tm_logit);
+    const auto p_tm = model::perplexity(tm.model, t.eval, kWindow, kEvalTokens);
+    const auto p_oa = model::perplexity(oa.model, t.eval, kWindow, kEvalTokens);
+    MESSAGE("50%: transmla " << p_tm.perplexity << ", output_aware " << p_oa.perplexity);
+    CHECK(p_oa.perplexity < p_tm.perplexity);
+}

@@ -177,12 +177,63 @@ inline std::vector<std::vector<std::int32_t>> make_sequences(std::span<const std
     return s;
 }
 
+/// Adds one GQA layer's RoPE-pair fit statistics on one sequence (attention input X, [T][D],
+/// positions 0..T−1) to `fit`: fp32 queries and keys, the original causal softmax of each query
+/// head, and per pair the pre-RoPE and rotated values (convert::RotationFitStats::add_head).
+inline void add_rotation_fit(const GqaAttention& g, const Eigen::Ref<const RowMatrixXf>& X,
+                             convert::RotationFitStats& fit) {
+    const std::int64_t T = X.rows();
+    const int d = g.head_dim, nq = g.n_q, nkv = g.n_kv, grp = nq / nkv, J = d / 2;
+    require(fit.n_kv() == nkv && fit.head_dim() == d, "add_rotation_fit: statistics for ", fit.n_kv(),
+            " KV heads of ", fit.head_dim(), ", the layer has ", nkv, " of ", d);
+    const Eigen::Index nqd = Eigen::Index(nq) * d, nkd = Eigen::Index(nkv) * d;
+    RowMatrixXf qk = X * g.wqkv.topRows(nqd + nkd).transpose();
+    if (g.bqkv.size()) qk.rowwise() += g.bqkv.head(nqd + nkd).transpose();
+    RowMatrixXf rot = qk;
+    const RopeRun rr(g.inv_freq, 0, T, g.rope_attention_factor);
+    for (std::int64_t t = 0; t < T; ++t)
+        for (int i = 0; i < nq + nkv; ++i) rr.rotate(rot.row(t).data() + i * d, t, g.pairing);
+    // the pair values of head block `col` of m into rows [row0, row0 + T) of x and y (x and y
+    // of pair j in column j)
+    auto pairs = [&](const RowMatrixXf& m, Eigen::Index col, Eigen::MatrixXf& x, Eigen::MatrixXf& y, Eigen::Index row0) {
+        for (int j = 0; j < J; ++j) {
+            const auto [a, b] = rope_pair(g.pairing, d, j);
+            x.col(j).segment(row0, T) = m.col(col + a);
+            y.col(j).segment(row0, T) = m.col(col + b);
+        }
+    };
+    const float scale = float(1.0 / std::sqrt(double(d)));
+    Eigen::MatrixXf kx(T, J), ky(T, J), rkx(T, J), rky(T, J);
+    Eigen::MatrixXf qx(grp * T, J), qy(grp * T, J), rqx(grp * T, J), rqy(grp * T, J), p(grp * T, T);
+    RowMatrixXf s(T, T);
+    for (int h = 0; h < nkv; ++h) {
+        pairs(qk, nqd + Eigen::Index(h) * d, kx, ky, 0);
+        pairs(rot, nqd + Eigen::Index(h) * d, rkx, rky, 0);
+        p.setZero();
+        for (int k = 0; k < grp; ++k) {
+            const int i = h * grp + k;
+            const Eigen::Index r0 = Eigen::Index(k) * T;
+            s.noalias() = (rot.middleCols(Eigen::Index(i) * d, d) * rot.middleCols(nqd + Eigen::Index(h) * d, d).transpose()) * scale;
+            for (std::int64_t t = 0; t < T; ++t) {
+                const float mx = s.row(t).head(t + 1).maxCoeff();
+                float z = 0;
+                for (std::int64_t u = 0; u <= t; ++u) z += (p(r0 + t, u) = std::exp(s(t, u) - mx));
+                p.row(r0 + t).head(t + 1) /= z;
+            }
+            pairs(qk, Eigen::Index(i) * d, qx, qy, r0);
+            pairs(rot, Eigen::Index(i) * d, rqx, rqy, r0);
+        }
+        fit.add_heads(h, qx, qy, rqx, rqy, kx, ky, rkx, rky, p);
+    }
+}
+
 /// Per-layer statistics of the attention input of `m` over the sequences (each run from an
-/// empty cache). With `pair_norms`, also MHA2MLA's per-pair mean norms of the pre-RoPE q and k
-/// (GQA layers only).
+/// empty cache). With `pair_norms`, also MHA2MLA's per-pair mean norms of the pre-RoPE q and k;
+/// with `rotation_fit`, the output-aware method's RoPE-pair fit statistics (GQA layers only).
 inline std::vector<convert::CalibrationStats> calibrate(const Model& m,
                                                         const std::vector<std::vector<std::int32_t>>& seqs,
-                                                        std::vector<convert::PairNormStats>* pair_norms = nullptr) {
+                                                        std::vector<convert::PairNormStats>* pair_norms = nullptr,
+                                                        std::vector<convert::RotationFitStats>* rotation_fit = nullptr) {
     require(!seqs.empty(), "calibrate: no calibration sequences");
     const int D = m.config.hidden;
     std::vector<convert::CalibrationStats> stats;
@@ -202,6 +253,15 @@ inline std::vector<convert::CalibrationStats> calibrate(const Model& m,
     std::vector<Eigen::MatrixXd> moments(m.layers.size(), Eigen::MatrixXd::Zero(D + 1, D + 1));
     std::size_t longest = 0;
     for (const auto& s : seqs) longest = std::max(longest, s.size());
+    if (rotation_fit) {
+        rotation_fit->clear();
+        for (std::size_t l = 0; l < m.layers.size(); ++l) {
+            const auto* g = std::get_if<GqaAttention>(&m.layers[l].attn);
+            require(g != nullptr, "calibrate: RoPE-pair fit statistics need GQA layers; layer ", l, " is ",
+                    attention_kind(m.layers[l].attn));
+            rotation_fit->emplace_back(g->n_kv, g->head_dim);
+        }
+    }
     auto cache = m.make_cache(std::int64_t(longest));
     Eigen::MatrixXd aug;
     for (const auto& s : seqs) {
@@ -221,6 +281,9 @@ inline std::vector<convert::CalibrationStats> calibrate(const Model& m,
                 const Eigen::MatrixXd q = qk.leftCols(nq).cast<double>(), k = qk.rightCols(nk).cast<double>();
                 (*pair_norms)[std::size_t(l)].add(q, k);
             }
+            if (rotation_fit)
+                add_rotation_fit(std::get<GqaAttention>(m.layers[std::size_t(l)].attn), X,
+                                 (*rotation_fit)[std::size_t(l)]);
         });
     }
     for (std::size_t l = 0; l < m.layers.size(); ++l) {
@@ -316,13 +379,15 @@ inline ModelConversion convert_model(const Model& original, const std::vector<st
     const bool need_pair_norms = opt.method == convert::Method::mha2mla && opt.selection == convert::RopeSelection::two_norm;
     std::vector<convert::CalibrationStats> stats;
     std::vector<convert::PairNormStats> pair_norms;
+    std::vector<convert::RotationFitStats> rotation_fit;
+    const bool oa = opt.method == convert::Method::output_aware;
     std::vector<convert::HeldOut> ho;
     if (!held_out.empty()) ho = held_out_inputs(original, held_out);
     auto held = [&](std::size_t l) -> const convert::HeldOut* { return ho.empty() ? nullptr : &ho[l]; };
     {
         require(!calib.empty(), "convert_model: no calibration sequences");
         auto t0 = clock::now();
-        stats = calibrate(original, calib, need_pair_norms ? &pair_norms : nullptr);
+        stats = calibrate(original, calib, need_pair_norms ? &pair_norms : nullptr, oa ? &rotation_fit : nullptr);
         out.calibration_seconds += detail::seconds_since(t0);
         ++out.calibration_passes;
         say("calibration pass 1 (original model): " + std::to_string(out.calibration_tokens) + " tokens in " +
@@ -355,10 +420,12 @@ inline ModelConversion convert_model(const Model& original, const std::vector<st
         for (std::size_t l = 0; l < nl; ++l) {
             const auto t0 = clock::now();
             partial[l] = convert::rorope(gqa[l], stats[l], d_r, F, exact);
+            if (oa) convert::fold_rotation_fit(partial[l], gqa[l], rotation_fit[l]);
             partial_model.layers[l].attn = to_runtime(partial[l]);
             out.layer_seconds[l] += detail::seconds_since(t0);
             say("layer " + std::to_string(l) + ": rorope d_r=" + std::to_string(partial[l].rope_dim) + " F=" +
-                std::to_string(F) + " rope energy " + detail::fmt(partial[l].rope_energy) + " in " +
+                std::to_string(F) + " rope energy " + detail::fmt(partial[l].rope_energy) +
+                " in " +
                 detail::fmt(out.layer_seconds[l], 3) + " s");
         }
         // Phase 2: statistics of the partial-RoPE model, then steps 3–6 per layer.
@@ -379,16 +446,21 @@ inline ModelConversion convert_model(const Model& original, const std::vector<st
             convert::ConvertOptions oo = opt;
             if (exact) oo.balance = false, oo.q_lora_rank = 0;
             convert::LayerReport rep;
-            const auto mla = convert::finish_transmla(partial[l], after[l], r, oo, &rep);
+            const auto mla = oa ? convert::output_aware_finish(partial[l], after[l], r, opt.logit_weight, &rep)
+                                : convert::finish_transmla(partial[l], after[l], r, oo, &rep);
             rep.method = opt.method;
-            if (held(l)) rep.attn_output_error = convert::attention_output_error(gqa[l], mla, *held(l));
+            if (held(l)) {
+                rep.attn_output_error = convert::attention_output_error(gqa[l], mla, *held(l));
+                rep.logit_error = convert::logit_error(gqa[l], mla, *held(l));
+            }
             out.model.layers[l].attn = to_runtime(mla);
             out.layers[l] = rep;
             out.layer_seconds[l] += detail::seconds_since(t0);
             say("layer " + std::to_string(l) + ": " + convert::to_string(opt.method) + " r=" + std::to_string(r) +
                 " d_r=" + std::to_string(mla.qk_rope_head_dim) + " alpha " + detail::fmt(rep.alpha) + " pca energy " +
                 detail::fmt(rep.pca_energy) + " key err " + detail::fmt(rep.key_error) + " value err " +
-                detail::fmt(rep.value_error) + " attn err " + detail::fmt(rep.attn_output_error) + " cache " + std::to_string(mla.cache_per_token()) + "/" +
+                detail::fmt(rep.value_error) + " logit err " + detail::fmt(rep.logit_error) + " attn err " +
+                detail::fmt(rep.attn_output_error) + " cache " + std::to_string(mla.cache_per_token()) + "/" +
                 std::to_string(gqa[l].cache_per_token()) + " (" + detail::fmt(out.layer_seconds[l], 3) + " s)");
         }
     }

@@ -39,6 +39,8 @@ inline nlohmann::json to_json(const convert::LayerReport& r) {
             {"alpha", json_number(r.alpha)},
             {"key_error", json_number(r.key_error)},
             {"value_error", json_number(r.value_error)},
+            {"weighted_error", json_number(r.weighted_error)},
+            {"logit_error", json_number(r.logit_error)},
             {"attn_output_error", json_number(r.attn_output_error)},
             {"cache_values_original", r.cache_original},
             {"cache_values_converted", r.cache_converted}};
@@ -54,13 +56,14 @@ inline nlohmann::json to_json(const PerplexityResult& p) {
 
 inline nlohmann::json to_json(const convert::ConvertOptions& o) {
     nlohmann::json j{{"method", convert::to_string(o.method)}};
-    if (o.method == convert::Method::transmla) {
+    if (o.method == convert::Method::transmla || o.method == convert::Method::output_aware) {
         j["rope_dim"] = o.rope_dim;
         j["freqfold"] = o.freqfold;
         j["rank"] = o.rank;
         j["cache_budget"] = o.cache_budget;
         j["balance"] = o.balance;
         j["q_lora_rank"] = o.q_lora_rank;
+        if (o.method == convert::Method::output_aware) j["logit_weight"] = o.logit_weight;
     } else if (o.method == convert::Method::mha2mla) {
         j["selection"] = convert::to_string(o.selection);
         j["svd"] = convert::to_string(o.svd);
