@@ -6,6 +6,7 @@
 //   mqa-exact.gguf      mqa converted with --method exact, `deepseek2`, F32: the same function
 //   transmla50.gguf     SmolLM2, TransMLA at 50 % of the cache (d_r 32, F 4), `deepseek2`, F32
 //   transmla31.gguf     the same at 31.25 %
+//   output_aware50.gguf SmolLM2, the output-aware method at 50 % (d_r 32, F 4), `deepseek2`, F32
 //   transmla50-hf/      transmla50 as a Hugging Face DeepSeek-V3 directory (transformers' ε)
 //   transmla50.logits.f32, tokens.txt   this library's logits [T][vocab] of those T tokens
 //   reference.json      this library's perplexity of each model, scored as llama-perplexity scores
@@ -191,6 +192,13 @@ int main(int argc, char** argv) try {
             if (!(rt <= 1e-4)) ok = false;
             std::printf("%-12s DeepSeek-V3 directory, round trip %.2e (%.0f s)\n", "transmla50", rt, since(t0));
         }
+    }
+    {
+        // the output-aware method yields the same layout: it must run in stock engines unchanged
+        convert::ConvertOptions o;
+        o.method = convert::Method::output_aware;
+        o.rope_dim = 32, o.freqfold = 4, o.cache_budget = 0.5;
+        export_mla("output_aware50", model::convert_model(original, seqs, o).model, "output_aware50.gguf");
     }
     model::write_json_file(path("reference.json"), j);
     std::printf("wrote %s (%.0f s)%s\n", path("reference.json").c_str(), since(t0), ok ? "" : ": ROUND TRIP FAILED");

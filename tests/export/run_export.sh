@@ -6,8 +6,8 @@
 #     llama-perplexity within 0.1 %, and the same 64 greedy tokens (llama-completion);
 #   both with an F32 KV cache and flash attention off (with it on, llama.cpp keeps the cache in F16),
 #   so neither run quantises weights or activations;
-#   * transmla50.gguf / transmla31.gguf against this library's in-memory perplexity of the same
-#     converted models, scored as llama-perplexity scores: within 0.5 %.
+#   * transmla50.gguf / transmla31.gguf / output_aware50.gguf against this library's in-memory
+#     perplexity of the same converted models, scored as llama-perplexity scores: within 0.5 %.
 # Usage: run_export.sh EXPORT_MODELS_BINARY WORKDIR
 # Environment: TRANSMLA_LLAMA_CPP_BIN (a directory with the llama.cpp tools; default: built or
 # reused by scripts/build-llama-cpp.sh), TRANSMLA_MODEL / TRANSMLA_REQUIRE_MODEL as for the model
@@ -53,7 +53,7 @@ gen() {  # gen NAME: 64 greedy tokens (llama-completion, F32 cache, no flash att
 
 echo "== llama.cpp ($llama)"
 declare -A P
-for m in original mqa mqa-exact transmla50 transmla31; do
+for m in original mqa mqa-exact transmla50 transmla31 output_aware50; do
     P[$m]="$(ppl "$m")"
     [[ -n "${P[$m]}" ]] || { tail -n 20 "$work/$m.ppl.log" >&2; echo "run_export: no perplexity for $m" >&2; exit 1; }
     kv="$(grep -m1 -o 'llama_kv_cache: size = .*' "$work/$m.ppl.log" || true)"
@@ -63,11 +63,11 @@ g0="$(gen mqa)"
 g1="$(gen mqa-exact)"
 
 python3 - "$work/models/reference.json" "${P[original]}" "${P[mqa]}" "${P[mqa-exact]}" "${P[transmla50]}" \
-    "${P[transmla31]}" "$g0" "$g1" <<'PY'
+    "${P[transmla31]}" "${P[output_aware50]}" "$g0" "$g1" <<'PY'
 import json, sys
 ref = json.load(open(sys.argv[1]))["models"]
-lo, lm, le, l50, l31 = map(float, sys.argv[2:7])
-g0, g1 = sys.argv[7], sys.argv[8]
+lo, lm, le, l50, l31, loa = map(float, sys.argv[2:8])
+g0, g1 = sys.argv[8], sys.argv[9]
 ok = True
 def check(what, a, b, tol):
     global ok
@@ -79,6 +79,7 @@ print(f"info original SmolLM2 (llama, F32): llama.cpp {lo:.4f}, this library {re
 check("exact deepseek2 vs original llama, both in llama.cpp", le, lm, 1e-3)
 check("TransMLA 50 % in llama.cpp vs this library", l50, ref["transmla50"]["perplexity"], 5e-3)
 check("TransMLA 31.25 % in llama.cpp vs this library", l31, ref["transmla31"]["perplexity"], 5e-3)
+check("output-aware 50 % in llama.cpp vs this library", loa, ref["output_aware50"]["perplexity"], 5e-3)
 same = g0 == g1 and len(g0) > 0
 ok &= same
 print(f"{'ok  ' if same else 'FAIL'} 64 greedy tokens of the exact deepseek2 file equal the original's: {g1[:60]!r}...")
