@@ -244,6 +244,9 @@ std::vector<double> conversion_steps(const convert::ConvertOptions& opt, int lay
     switch (opt.method) {
         case convert::Method::mha2mla: add(layers, 0.55); break;                   // one line per layer
         case convert::Method::exact: add(layers, 0.05), add(layers, 0.1); break;  // RoRoPE, then PCA (no pass 2)
+        case convert::Method::output_aware:  // pass 1 also gathers the rotation fit
+            w.front() += 4.0, add(layers, 0.05), w.push_back(pass), add(layers, 0.08);
+            break;
         default: add(layers, 0.03), w.push_back(pass), add(layers, 0.06); break;  // RoRoPE, pass 2, PCA
     }
     return w;
@@ -356,6 +359,12 @@ int main(int argc, char** argv) try {
         o.rope_dim = 32, o.freqfold = 4, o.cache_budget = rho;
         return o;
     };
+    auto output_aware = [](double rho) {
+        convert::ConvertOptions o;
+        o.method = convert::Method::output_aware;
+        o.rope_dim = 32, o.freqfold = 4, o.cache_budget = rho;
+        return o;
+    };
     auto mha2mla = [&](int latent) {
         convert::ConvertOptions o;
         o.method = convert::Method::mha2mla;
@@ -374,6 +383,8 @@ int main(int argc, char** argv) try {
         {.method = "exact", .budget = "100%", .opt = exact},
         {.method = "TransMLA d_r=32 F=4", .budget = "50%", .opt = transmla(0.5), .curve = true, .generate = true},
         {.method = "TransMLA d_r=32 F=4", .budget = "31.25%", .opt = transmla(0.3125)},
+        {.method = "output-aware d_r=32 F=4", .budget = "50%", .opt = output_aware(0.5)},
+        {.method = "output-aware d_r=32 F=4", .budget = "31.25%", .opt = output_aware(0.3125)},
         {.method = "MHA2MLA 2-norm joint", .budget = "50%", .opt = mha2mla(d - d / 8)},             // r_m + d_kv = d
         {.method = "MHA2MLA 2-norm joint", .budget = "31.25%", .opt = mha2mla(5 * d / 8 - d / 8)},  // r_m + d_kv = 5d/8
     };

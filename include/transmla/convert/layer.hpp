@@ -16,6 +16,8 @@
 //                            map), bkv_alpha / balance_kv, joint_pca, build_query, assemble,
 //                            absorb; finish_transmla (steps 3–6 in one call); partial_as_mla
 //   convert/mha2mla.hpp      select_rope_pairs, mha2mla
+//   convert/output_aware.hpp RotationFitStats, fold_rotation_fit, output_aware_weight,
+//                            weighted_rrr, output_aware_finish (Method::output_aware)
 //   convert/convert.hpp      convert_layer (one call, all methods) and the LayerReport
 //   convert/shape_link.hpp   compile-time MLA shape of a GQA shape, static_asserts + run-time twins
 //
