@@ -383,8 +383,8 @@ int main(int argc, char** argv) try {
         {.method = "exact", .budget = "100%", .opt = exact},
         {.method = "TransMLA d_r=32 F=4", .budget = "50%", .opt = transmla(0.5), .curve = true, .generate = true},
         {.method = "TransMLA d_r=32 F=4", .budget = "31.25%", .opt = transmla(0.3125)},
-        {.method = "output-aware d_r=32 F=4", .budget = "50%", .opt = output_aware(0.5)},
-        {.method = "output-aware d_r=32 F=4", .budget = "31.25%", .opt = output_aware(0.3125)},
+        {.method = "OutputAware d_r=32 F=4", .budget = "50%", .opt = output_aware(0.5)},
+        {.method = "OutputAware d_r=32 F=4", .budget = "31.25%", .opt = output_aware(0.3125)},
         {.method = "MHA2MLA 2-norm joint", .budget = "50%", .opt = mha2mla(d - d / 8)},             // r_m + d_kv = d
         {.method = "MHA2MLA 2-norm joint", .budget = "31.25%", .opt = mha2mla(5 * d / 8 - d / 8)},  // r_m + d_kv = 5d/8
     };
