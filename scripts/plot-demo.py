@@ -78,6 +78,14 @@ def plot_perplexity(rep, path):
     by_method = {}
     for r in rows:
         by_method.setdefault(r["method"], []).append(r)
+    lower = {}  # a method whose points lie under another's at the same cache size is labelled underneath
+    for method, rs in by_method.items():
+        for r in rs:
+            same = [o["perplexity"]["perplexity"] for m2, os_ in by_method.items() if m2 != method for o in os_
+                    if o["kv_bytes_per_token_fp32"] == r["kv_bytes_per_token_fp32"]]
+            y = r["perplexity"]["perplexity"]
+            if any(y * (1 + 1e-3) < v < y * 1.6 for v in same) or (method.startswith("exact") and same):
+                lower[method] = True
     for method, rs in by_method.items():
         colour, marker = style(method)
         rs = sorted(rs, key=lambda r: r["kv_bytes_per_token_fp32"])
@@ -86,12 +94,11 @@ def plot_perplexity(rep, path):
         ax.plot(xs, ys, color=colour, marker=marker, ms=12 if marker == "*" else 6, lw=1,
                 ls="-" if len(rs) > 1 else "none", label=method, zorder=2 if marker == "*" else 3,
                 mfc="none" if method.startswith("exact") else colour, mew=1.5)
-        below = method.startswith("exact")  # exact sits on the original: label it underneath
+        below = lower.get(method, False)  # exact sits on the original: underneath too
         for r, x, y in zip(rs, xs, ys):
             what = r["budget"] if len(rs) > 1 else f"{method.split(' ')[0]} {r['budget']}"
             ax.annotate(f"{what}: {y:,.2f}" if y < 100 else f"{what}: {y:,.0f}", (x, y),
-                        textcoords="offset points", xytext=(-6, -13) if below else (-6, 7), ha="right" if below
-                        else "left", fontsize=8, color=colour)
+                        textcoords="offset points", xytext=(6, -13) if below else (-6, 7), fontsize=8, color=colour)
     ax.set_yscale("log")
     top = max(r["perplexity"]["perplexity"] for r in rows)
     ax.set_ylim(min(ppl0, min(r["perplexity"]["perplexity"] for r in rows)) / 1.6, top * 1.8)
@@ -131,12 +138,13 @@ def plot_layer_error(rep, path):
             ls = "--" if r["budget"] not in ("50%", "100%") else "-"
             target.plot(xs, [max(y, 1e-18) for y in ys], color=colour, marker=marker, ms=3.5, lw=1, ls=ls,
                         label=f"{r['method']} {r['budget']}")
-    ax.set_ylim(bottom=0)
+    top = max((y for _, _, ys in lossy for y in ys if not math.isnan(y)), default=1.0)
+    ax.set_ylim(0, top * 1.45)  # room for the legend above the lines
     ax.set_ylabel("relative error")
     ax.set_title("Per-layer attention-output error on held-out text (each layer alone, original inputs)",
                  fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    ax.legend(fontsize=7.5, loc="upper center", ncol=3)
     last = ax
     if ax2 is not None:
         ax2.set_yscale("log")
