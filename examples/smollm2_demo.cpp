@@ -1,5 +1,5 @@
 // smollm2_demo — the real-model demo: SmolLM2-135M-Instruct converted from GQA to MLA by
-// TransMLA and by MHA2MLA at two cache budgets, and by the exact mode, with a table of
+// TransMLA, the output-aware method and MHA2MLA at two cache budgets, and by the exact mode, with a table of
 // KV bytes per token, perplexity, its change, conversion time and decode-attention time at a
 // long context; then greedy generation from one prompt by the original and by the 50% TransMLA
 // model side by side. None of the converted models is fine-tuned.

@@ -4,11 +4,12 @@
 # bytes, timings, and greedy generation side by side; then draw the report's pictures into
 # docs/img/ (scripts/plot-demo.py). Extra arguments go to smollm2_demo.
 #
-# Time on a 2-core machine (bench/RESULTS.md): under 4 minutes quiet, build included, and well
-# under twice that with another program keeping one core busy. Where it goes: about 70 s of
-# compiling (the demo's translation unit alone is about 70 s, so it is compiled side by side with
-# the CPU kernels instead of after them) and about 135 s of demo (for each of the six rows: the
-# conversion with its calibration passes, 4096 tokens of perplexity, decode timing).
+# Time on the 2-core Sapphire-Rapids-class test machine (bench/RESULTS.md, "The demo, end to
+# end"): 3 min 36 s quiet and 4 min 52 s with the other core busy for the six rows of TransMLA,
+# MHA2MLA and exact; 5 min 49 s and 8 min 27 s with the two output-aware rows added. Most of it is
+# the demo (per row: the conversion with its calibration passes, 4096 tokens of perplexity, decode
+# timing) and the demo's translation unit, the build's critical path (compiled side by side with
+# the CPU kernels instead of after them).
 #
 # Threads: the demo runs OpenMP teams of 2 (the published table's digits), or of 1 for the rows
 # that start while other programs keep the CPUs busy (a team of 2 on one free core runs at half
